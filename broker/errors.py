@@ -31,3 +31,11 @@ class ConfigError(FedbusError):
 
 class KernelInputError(FedbusError, ValueError):
     """A numeric kernel was called with arrays of the wrong dtype, shape or layout."""
+
+
+class UnsupportedVersionError(CodecError):
+    """A message carries a protocol version this build does not speak."""
+
+
+class ShapeMismatchError(CodecError):
+    """Tensors decode fine but do not fit the model they claim to update."""

@@ -1,0 +1,108 @@
+"""`fedbus aggregator`: run the aggregation daemon against a broker."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from fedbus.aggregator.buffer import AggregationConfig, AggregationMode, BufferedAggregator
+from fedbus.aggregator.core import AggregatorCore
+from fedbus.aggregator.daemon import AggregatorDaemon, DaemonSettings
+from fedbus.aggregator.staleness import StalenessKind, StalenessWeighting
+from fedbus.broker.cli_common import (
+    add_bus_arguments,
+    add_logging_arguments,
+    bus_from_args,
+    setup_logging,
+    stop_on_signals,
+)
+from fedbus.broker.errors import ConfigError, ProtocolError
+from fedbus.broker.layouts import weight_shapes
+from fedbus.broker.messages import TrainingTask
+from fedbus.broker.topics import validate_id
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    add_bus_arguments(parser)
+    task = parser.add_argument_group("task (what nodes train)")
+    task.add_argument("--task-name", default="digits-20")
+    task.add_argument("--learner", default="softmax", choices=["softmax"])
+    task.add_argument("--features", type=int, default=64, help="input features (default 64)")
+    task.add_argument("--classes", type=int, default=10, help="output classes (default 10)")
+    task.add_argument("--local-epochs", type=int, default=1)
+    task.add_argument("--batch-size", type=int, default=16)
+    task.add_argument("--local-lr", type=float, default=0.1, help="nodes' SGD learning rate")
+    agg = parser.add_argument_group("aggregation")
+    agg.add_argument("--mode", choices=[m.value for m in AggregationMode], default="fedbuff",
+                     help="fedbuff (buffered async), fedasync (K=1) or sync (FedAvg baseline)")
+    agg.add_argument("--buffer-size", "-K", type=int, default=10,
+                     help="updates per model step in fedbuff mode; cohort size in sync mode")
+    agg.add_argument("--server-lr", type=float, default=1.0,
+                     help="server learning rate (the mixing alpha in fedasync mode)")
+    agg.add_argument("--staleness", choices=[k.value for k in StalenessKind], default="polynomial")
+    agg.add_argument("--staleness-a", type=float, default=0.5, help="exponent / slope a")
+    agg.add_argument("--staleness-b", type=int, default=4, help="hinge start b")
+    agg.add_argument("--max-staleness", type=int, default=50)
+    agg.add_argument("--uniform-weights", action="store_true",
+                     help="weigh updates equally instead of by sample count")
+    agg.add_argument("--flush-after", type=float, default=None, metavar="SECONDS",
+                     help="apply a partial buffer after this long (sync deadline)")
+    agg.add_argument("--allow-node", action="append", default=None, metavar="ID",
+                     help="enrolled node id (repeat); default: any valid id")
+    add_logging_arguments(parser)
+
+
+def aggregation_config(args: argparse.Namespace) -> AggregationConfig:
+    mode = AggregationMode(args.mode)
+    if mode is AggregationMode.SYNC:
+        return AggregationConfig.sync(args.buffer_size)
+    staleness = StalenessWeighting(StalenessKind(args.staleness), args.staleness_a, args.staleness_b)
+    return AggregationConfig(
+        mode=mode,
+        buffer_size=1 if mode is AggregationMode.FEDASYNC else args.buffer_size,
+        server_lr=args.server_lr,
+        staleness=staleness,
+        max_staleness=args.max_staleness,
+        weight_by_samples=not args.uniform_weights,
+    )
+
+
+def build_daemon(args: argparse.Namespace) -> AggregatorDaemon:
+    address, topics = bus_from_args(args)
+    shapes = weight_shapes(args.learner, args.features, args.classes)
+    try:
+        task = TrainingTask(args.task_name, args.learner, shapes, args.local_epochs,
+                            args.batch_size, args.local_lr)
+        known = None
+        if args.allow_node:
+            known = frozenset(validate_id(n) for n in args.allow_node)
+    except ProtocolError as exc:
+        raise ConfigError(str(exc)) from None
+    initial = {name: np.zeros(shape, dtype=np.float32) for name, shape in shapes.items()}
+    core = AggregatorCore(task, BufferedAggregator(aggregation_config(args), initial),
+                          known_nodes=known)
+    return AggregatorDaemon(core, DaemonSettings(address, topics, flush_after=args.flush_after))
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, args.log_json)
+    daemon = build_daemon(args)
+    stop_on_signals(daemon.stopping)
+    log.info("aggregator for fleet %s on %s:%d, mode %s", daemon.topics.fleet,
+             args.host, args.port, args.mode)
+    daemon.run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fedbus aggregator", description=__doc__)
+    configure_parser(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except ConfigError as exc:
+        parser.exit(2, f"fedbus aggregator: error: {exc}\n")

@@ -1,0 +1,119 @@
+"""The aggregator's decisions, free of I/O: payload in, ack (and maybe a new model) out.
+
+The daemon hands every received update here together with the node id from
+its topic. This module decodes and validates it, answers a resend of an
+already decided sequence number with the same verdict (so a lost ack never
+causes a second application), feeds accepted deltas to the buffer and keeps
+the counters. Time is passed in, never read.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+from fedbus.aggregator.buffer import AggregationMode, BufferedAggregator
+from fedbus.aggregator.counters import Counters
+from fedbus.aggregator.validation import (
+    Rejection,
+    ValidationContext,
+    decode_update,
+    validate_update,
+)
+from fedbus.broker.codec import DEFAULT_LIMITS, DecodeLimits
+from fedbus.broker.messages import AckMessage, ModelMessage, RejectReason, TrainingTask
+from fedbus.broker.tensors import encode_weights
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the daemon must publish after one update."""
+
+    ack: AckMessage
+    model_changed: bool
+
+
+class AggregatorCore:
+    def __init__(
+        self,
+        task: TrainingTask,
+        aggregator: BufferedAggregator,
+        *,
+        known_nodes: frozenset[str] | None = None,
+        limits: DecodeLimits = DEFAULT_LIMITS,
+    ) -> None:
+        self.task = task
+        self.aggregator = aggregator
+        self.known_nodes = known_nodes
+        self.limits = limits
+        self.counters = Counters()
+        self.decisions: dict[str, AckMessage] = {}
+
+    @property
+    def version(self) -> int:
+        return self.aggregator.version
+
+    def model_message(self) -> ModelMessage:
+        return ModelMessage(self.version, self.task, encode_weights(self.aggregator.weights))
+
+    def handle_update(self, topic_node: str, payload: bytes) -> Outcome:
+        """Decide on one update payload received on `update/<topic_node>`."""
+        self.counters.bytes_in += len(payload)
+        decoded = decode_update(payload, self.limits)
+        if isinstance(decoded, Rejection):
+            return self._reject(topic_node, decoded)
+        previous = self.decisions.get(topic_node)
+        if previous is not None and previous.seq == decoded.seq and decoded.node == topic_node:
+            self.counters.duplicates += 1
+            return Outcome(replace(previous, version=self.version, duplicate=True), False)
+        ctx = ValidationContext(
+            version=self.version,
+            layout=self.task.weight_shapes,
+            max_staleness=self.aggregator.config.max_staleness,
+            known_nodes=self.known_nodes,
+            last_seq=None if previous is None else previous.seq,
+            limits=self.limits,
+        )
+        checked = validate_update(decoded, topic_node, ctx)
+        if isinstance(checked, Rejection):
+            return self._reject(topic_node, checked)
+        if (
+            self.aggregator.config.mode is AggregationMode.SYNC
+            and topic_node in self.aggregator.contributors
+        ):
+            return self._reject(
+                topic_node,
+                Rejection(RejectReason.STALE, "node already contributed to this round", decoded.seq),
+            )
+        message = checked.message
+        stepped = self.aggregator.add(
+            topic_node, checked.delta, message.base_version, message.num_samples
+        )
+        self.counters.accepted += 1
+        self.counters.staleness[checked.staleness] += 1
+        ack = AckMessage(topic_node, message.seq, True, self.version)
+        self.decisions[topic_node] = ack
+        return Outcome(ack, stepped)
+
+    def flush(self) -> bool:
+        """Apply a partial buffer (deadline passed); True if the model moved."""
+        return self.aggregator.flush()
+
+    def _reject(self, topic_node: str, rejection: Rejection) -> Outcome:
+        self.counters.rejected[rejection.reason.value] += 1
+        log.info(
+            "rejected update from %s: %s (%s)", topic_node, rejection.reason.value, rejection.detail
+        )
+        ack = AckMessage(
+            topic_node,
+            rejection.seq,
+            False,
+            self.version,
+            reason=rejection.reason,
+            detail=rejection.detail[:200],
+        )
+        if rejection.seq is not None and rejection.reason is not RejectReason.REPLAY:
+            self.decisions[topic_node] = ack
+        return Outcome(ack, False)

@@ -1,0 +1,36 @@
+"""What the aggregator has seen, for its status topic and its logs."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Counters:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    staleness: Counter[int] = field(default_factory=Counter)
+    bad_topics: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    models_published: int = 0
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    def as_dict(self) -> dict[str, int | dict[str, int]]:
+        """Plain msgpack-friendly form (string keys) for `aggregator/status`."""
+        return {
+            "accepted": self.accepted,
+            "rejected": self.rejected_total,
+            "rejected_by_reason": dict(sorted(self.rejected.items())),
+            "duplicates": self.duplicates,
+            "staleness_histogram": {str(s): n for s, n in sorted(self.staleness.items())},
+            "bad_topics": self.bad_topics,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "models_published": self.models_published,
+        }

@@ -1,0 +1,81 @@
+"""Command-line pieces every fedbus command shares: broker address, fleet, logging."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+
+from fedbus.broker.client import BrokerAddress
+from fedbus.broker.errors import ConfigError
+from fedbus.broker.topics import Topics
+
+
+def add_bus_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("bus")
+    group.add_argument("--host", default="127.0.0.1", help="MQTT broker host (default %(default)s)")
+    group.add_argument("--port", type=int, default=1883, help="MQTT broker port (default %(default)s)")
+    group.add_argument("--fleet", default="default", help="fleet id, the topic root fedbus/<fleet>")
+    group.add_argument("--username", default=None, help="broker user name, if auth is on")
+    group.add_argument("--password-env", default="FEDBUS_PASSWORD", metavar="VAR",
+                       help="environment variable holding the broker password")
+
+
+def bus_from_args(args: argparse.Namespace) -> tuple[BrokerAddress, Topics]:
+    import os
+
+    try:
+        topics = Topics(args.fleet)
+    except Exception as exc:
+        raise ConfigError(f"--fleet: {exc}") from None
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port: {args.port} is not a TCP port")
+    password = os.environ.get(args.password_env) if args.username else None
+    return BrokerAddress(args.host, args.port, args.username, password), topics
+
+
+def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(level: str = "INFO", as_json: bool = False) -> None:
+    """Structured logs to stderr; stdout stays free for command output."""
+    handler = logging.StreamHandler(sys.stderr)
+    if as_json:
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        )
+        logging.Formatter.converter = time.gmtime
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def stop_on_signals(stopping: threading.Event) -> None:
+    """Set `stopping` on SIGTERM and SIGINT so daemons shut down cleanly."""
+
+    def _handler(signum: int, frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)

@@ -1,0 +1,197 @@
+"""A small wrapper around paho-mqtt's v2 client for fedbus daemons.
+
+What it adds to paho, and why:
+- paho's network thread only converts a message and puts it in a bounded
+  inbox; training, aggregation and anything slow run on the caller's thread.
+  A full inbox blocks the network thread, which stops reading the socket and
+  so pushes back on the broker instead of dropping messages.
+- subscriptions are remembered and renewed on every (re)connect, so a broker
+  that lost the session (restart without persistence) still delivers.
+- `connect_async` plus paho's own reconnect loop with capped backoff, so a
+  device keeps retrying a link that drops out without extra code.
+- paho's errors become `BrokerError` at this boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from fedbus.broker.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where the broker is and how to log in."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    keepalive: int = 30
+
+
+@dataclass(frozen=True)
+class Received:
+    """One message as the network thread hands it over."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+    qos: int
+
+
+@dataclass(frozen=True)
+class LastWill:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+class BusClient:
+    """One MQTT connection with an inbox; see the module docstring."""
+
+    def __init__(
+        self,
+        client_id: str,
+        address: BrokerAddress,
+        *,
+        persistent_session: bool = True,
+        will: LastWill | None = None,
+        inbox_size: int = 1024,
+        reconnect_min_delay: float = 0.2,
+        reconnect_max_delay: float = 10.0,
+    ) -> None:
+        self.client_id = client_id
+        self.address = address
+        self.inbox: queue.Queue[Received] = queue.Queue(maxsize=inbox_size)
+        self.connected = threading.Event()
+        self.connect_count = 0
+        self._subscriptions: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=not persistent_session,
+            protocol=paho.MQTTv311,
+        )
+        if address.username is not None:
+            self._client.username_pw_set(address.username, address.password)
+        if will is not None:
+            self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        self._client.reconnect_delay_set(reconnect_min_delay, reconnect_max_delay)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._started = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Begin connecting in the background; returns at once."""
+        try:
+            self._client.connect_async(
+                self.address.host, self.address.port, keepalive=self.address.keepalive
+            )
+        except (OSError, ValueError) as exc:
+            raise BrokerError(f"cannot connect to {self.address.host}:{self.address.port}: {exc}")
+        self._client.loop_start()
+        self._started = True
+
+    def wait_connected(self, timeout: float) -> None:
+        """Block until connected, or raise BrokerError after `timeout` seconds."""
+        if not self.connected.wait(timeout):
+            raise BrokerError(
+                f"{self.client_id}: no connection to {self.address.host}:{self.address.port} "
+                f"within {timeout:g} s"
+            )
+
+    def stop(self) -> None:
+        """Disconnect cleanly (no last will is sent) and stop the network thread."""
+        if not self._started:
+            return
+        self._started = False
+        self._client.disconnect()
+        self._client.loop_stop()
+        self.connected.clear()
+
+    def drop_connection(self) -> None:
+        """Close the socket without DISCONNECT, as a link failure would (tests, flaps).
+
+        The broker then publishes the last will; paho reconnects on its own.
+        """
+        sock = self._client.socket()
+        if sock is not None:
+            sock.close()
+
+    # ------------------------------------------------------------ messaging
+
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        """Subscribe now (if connected) and again after every reconnect."""
+        with self._lock:
+            self._subscriptions[topic_filter] = qos
+        if self.connected.is_set():
+            self._client.subscribe(topic_filter, qos)
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> paho.MQTTMessageInfo:
+        """Queue a publish; paho sends it (and resends QoS 1 after a reconnect)."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise BrokerError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+        return info
+
+    def receive(self, timeout: float | None = None) -> Received | None:
+        """Next message from the inbox, or None after `timeout` seconds."""
+        try:
+            return self.inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    # ------------------------------------------------------------ paho callbacks
+    # These run on paho's network thread: convert, enqueue, nothing else.
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            log.warning("%s: connection refused: %s", self.client_id, reason_code)
+            return
+        with self._lock:
+            subscriptions = list(self._subscriptions.items())
+        for topic_filter, qos in subscriptions:
+            client.subscribe(topic_filter, qos)
+        self.connect_count += 1
+        self.connected.set()
+        log.debug("%s: connected (session present: %s)", self.client_id, flags.session_present)
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self.connected.clear()
+        if self._started:
+            log.info("%s: connection lost (%s), reconnecting", self.client_id, reason_code)
+
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        self.inbox.put(Received(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos))

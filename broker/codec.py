@@ -1,0 +1,344 @@
+"""msgpack encoding and bounded, validating decoding of protocol v1 messages.
+
+Every payload from the network is untrusted. `decode` unpacks with explicit
+limits on every container and string, refuses ext types, checks the protocol
+version, the message type, every field's type and every tensor header, and
+raises `CodecError` (never msgpack's or numpy's exceptions) so a daemon can
+count the rejection and carry on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgpack
+
+from fedbus.broker.errors import CodecError, ProtocolError, UnsupportedVersionError
+from fedbus.broker.messages import (
+    PROTOCOL_VERSION,
+    AckMessage,
+    AggregatorStatus,
+    Message,
+    MessageType,
+    ModelMessage,
+    NodeState,
+    NodeStatus,
+    RejectReason,
+    TrainingTask,
+    UpdateMessage,
+)
+from fedbus.broker.tensors import SUPPORTED_CODECS, WireTensor
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Upper bounds applied while unpacking one untrusted payload."""
+
+    max_payload_bytes: int = 64 * 1024 * 1024
+    max_str_len: int = 4096
+    max_array_len: int = 1024
+    max_map_len: int = 256
+    max_tensors: int = 256
+    max_tensor_rank: int = 8
+    max_tensor_elements: int = 64 * 1024 * 1024
+
+
+DEFAULT_LIMITS = DecodeLimits()
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def _tensor_map(tensor: WireTensor) -> dict[str, Any]:
+    return {
+        "name": tensor.name,
+        "dtype": tensor.dtype,
+        "shape": list(tensor.shape),
+        "codec": tensor.codec,
+        "data": tensor.data,
+    }
+
+
+def _task_map(task: TrainingTask) -> dict[str, Any]:
+    return {
+        "name": task.name,
+        "learner": task.learner,
+        "weights": [{"name": k, "shape": list(v)} for k, v in task.weight_shapes.items()],
+        "local_epochs": task.local_epochs,
+        "batch_size": task.batch_size,
+        "learning_rate": task.learning_rate,
+    }
+
+
+def _body(message: Message) -> dict[str, Any]:
+    if isinstance(message, ModelMessage):
+        return {
+            "type": MessageType.MODEL.value,
+            "version": message.version,
+            "task": _task_map(message.task),
+            "tensors": [_tensor_map(t) for t in message.tensors],
+        }
+    if isinstance(message, UpdateMessage):
+        body: dict[str, Any] = {
+            "type": MessageType.UPDATE.value,
+            "node": message.node,
+            "seq": message.seq,
+            "base_version": message.base_version,
+            "num_samples": message.num_samples,
+            "tensors": [_tensor_map(t) for t in message.tensors],
+        }
+        if message.train_loss is not None:
+            body["train_loss"] = float(message.train_loss)
+        return body
+    if isinstance(message, AckMessage):
+        return {
+            "type": MessageType.ACK.value,
+            "node": message.node,
+            "seq": message.seq,
+            "accepted": message.accepted,
+            "version": message.version,
+            "reason": None if message.reason is None else message.reason.value,
+            "detail": message.detail,
+            "duplicate": message.duplicate,
+        }
+    if isinstance(message, NodeStatus):
+        return {
+            "type": MessageType.NODE_STATUS.value,
+            "node": message.node,
+            "state": message.state.value,
+            "version": message.version,
+        }
+    if isinstance(message, AggregatorStatus):
+        return {
+            "type": MessageType.AGGREGATOR_STATUS.value,
+            "state": message.state,
+            "version": message.version,
+            "mode": message.mode,
+            "counters": dict(message.counters),
+        }
+    raise TypeError(f"not a protocol message: {type(message).__name__}")
+
+
+def encode(message: Message) -> bytes:
+    """Encode a message as one msgpack map with the protocol version `v` first."""
+    return msgpack.packb({"v": PROTOCOL_VERSION, **_body(message)}, use_bin_type=True)
+
+
+# ---------------------------------------------------------------- decoding
+
+T = TypeVar("T")
+
+
+def _get(body: Mapping[str, Any], key: str, kind: type[T] | tuple[type, ...], where: str) -> T:
+    """Fetch a required field and check its msgpack type (bool is not an int)."""
+    if key not in body:
+        raise CodecError(f"{where}: missing field {key!r}")
+    value = body[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise CodecError(f"{where}: field {key!r} must be {_names(kinds)}, got bool")
+    if not isinstance(value, kinds):
+        raise CodecError(f"{where}: field {key!r} must be {_names(kinds)}, got {_kind(value)}")
+    return value  # type: ignore[return-value]
+
+
+def _optional(body: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if body.get(key) is None:
+        return None
+    return _get(body, key, kind, where)
+
+
+def _names(kinds: tuple[type, ...]) -> str:
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def _kind(value: object) -> str:
+    return type(value).__name__
+
+
+def _non_negative(body: Mapping[str, Any], key: str, where: str) -> int:
+    value = _get(body, key, int, where)
+    if value < 0 or value >= 2**63:
+        raise CodecError(f"{where}: field {key!r} out of range: {value}")
+    return value
+
+
+def _shape(raw: Any, where: str, limits: DecodeLimits) -> tuple[int, ...]:
+    if not isinstance(raw, list) or len(raw) > limits.max_tensor_rank:
+        raise CodecError(f"{where}: shape must be a list of at most {limits.max_tensor_rank} ints")
+    if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in raw):
+        raise CodecError(f"{where}: shape entries must be non-negative ints, got {raw}")
+    if math.prod(raw) > limits.max_tensor_elements:
+        raise CodecError(f"{where}: shape {raw} exceeds {limits.max_tensor_elements} elements")
+    return tuple(raw)
+
+
+def _tensor(raw: Any, limits: DecodeLimits) -> WireTensor:
+    if not isinstance(raw, dict):
+        raise CodecError(f"tensor must be a map, got {_kind(raw)}")
+    name = _get(raw, "name", str, "tensor")
+    where = f"tensor {name!r}"
+    codec = _get(raw, "codec", str, where)
+    if codec not in SUPPORTED_CODECS:
+        raise CodecError(f"{where}: unsupported codec {codec!r}")
+    tensor = WireTensor(
+        name=name,
+        dtype=_get(raw, "dtype", str, where),
+        shape=_shape(raw.get("shape"), where, limits),
+        codec=codec,
+        data=_get(raw, "data", bytes, where),
+    )
+    if len(tensor.data) != tensor.expected_nbytes():
+        raise CodecError(
+            f"{where}: {len(tensor.data)} data bytes, expected {tensor.expected_nbytes()}"
+        )
+    return tensor
+
+
+def _tensors(body: Mapping[str, Any], limits: DecodeLimits, where: str) -> tuple[WireTensor, ...]:
+    raw = _get(body, "tensors", list, where)
+    if len(raw) > limits.max_tensors:
+        raise CodecError(f"{where}: {len(raw)} tensors, limit {limits.max_tensors}")
+    return tuple(_tensor(t, limits) for t in raw)
+
+
+def _task(raw: Any, limits: DecodeLimits) -> TrainingTask:
+    if not isinstance(raw, dict):
+        raise CodecError("task must be a map")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for entry in _get(raw, "weights", list, "task"):
+        if not isinstance(entry, dict):
+            raise CodecError("task: weights entries must be maps")
+        name = _get(entry, "name", str, "task weight")
+        shapes[name] = _shape(entry.get("shape"), f"task weight {name!r}", limits)
+    return TrainingTask(
+        name=_get(raw, "name", str, "task"),
+        learner=_get(raw, "learner", str, "task"),
+        weight_shapes=shapes,
+        local_epochs=_get(raw, "local_epochs", int, "task"),
+        batch_size=_get(raw, "batch_size", int, "task"),
+        learning_rate=float(_get(raw, "learning_rate", (float, int), "task")),
+    )
+
+
+def _model(body: Mapping[str, Any], limits: DecodeLimits) -> ModelMessage:
+    return ModelMessage(
+        version=_non_negative(body, "version", "model"),
+        task=_task(body.get("task"), limits),
+        tensors=_tensors(body, limits, "model"),
+    )
+
+
+def _update(body: Mapping[str, Any], limits: DecodeLimits) -> UpdateMessage:
+    loss = _optional(body, "train_loss", (float, int), "update")
+    return UpdateMessage(
+        node=_get(body, "node", str, "update"),
+        seq=_non_negative(body, "seq", "update"),
+        base_version=_non_negative(body, "base_version", "update"),
+        num_samples=_get(body, "num_samples", int, "update"),
+        tensors=_tensors(body, limits, "update"),
+        train_loss=None if loss is None else float(loss),
+    )
+
+
+def _ack(body: Mapping[str, Any], limits: DecodeLimits) -> AckMessage:
+    reason = _optional(body, "reason", str, "ack")
+    try:
+        parsed_reason = None if reason is None else RejectReason(reason)
+    except ValueError:
+        raise CodecError(f"ack: unknown reason {reason!r}") from None
+    return AckMessage(
+        node=_get(body, "node", str, "ack"),
+        seq=_optional(body, "seq", int, "ack"),
+        accepted=_get(body, "accepted", bool, "ack"),
+        version=_non_negative(body, "version", "ack"),
+        reason=parsed_reason,
+        detail=_optional(body, "detail", str, "ack") or "",
+        duplicate=bool(_optional(body, "duplicate", bool, "ack")),
+    )
+
+
+def _node_status(body: Mapping[str, Any], limits: DecodeLimits) -> NodeStatus:
+    state = _get(body, "state", str, "node_status")
+    try:
+        parsed_state = NodeState(state)
+    except ValueError:
+        raise CodecError(f"node_status: unknown state {state!r}") from None
+    return NodeStatus(
+        node=_get(body, "node", str, "node_status"),
+        state=parsed_state,
+        version=_optional(body, "version", int, "node_status"),
+    )
+
+
+def _aggregator_status(body: Mapping[str, Any], limits: DecodeLimits) -> AggregatorStatus:
+    return AggregatorStatus(
+        state=_get(body, "state", str, "aggregator_status"),
+        version=_non_negative(body, "version", "aggregator_status"),
+        mode=_optional(body, "mode", str, "aggregator_status") or "",
+        counters=_optional(body, "counters", dict, "aggregator_status") or {},
+    )
+
+
+_DECODERS = {
+    MessageType.MODEL.value: _model,
+    MessageType.UPDATE.value: _update,
+    MessageType.ACK.value: _ack,
+    MessageType.NODE_STATUS.value: _node_status,
+    MessageType.AGGREGATOR_STATUS.value: _aggregator_status,
+}
+
+
+def unpack_map(payload: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """Unpack one payload into a map under explicit limits; no ext types, no trailing bytes."""
+    if len(payload) > limits.max_payload_bytes:
+        raise CodecError(f"payload of {len(payload)} bytes exceeds {limits.max_payload_bytes}")
+    try:
+        body = msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_bin_len=limits.max_payload_bytes,
+            max_str_len=limits.max_str_len,
+            max_array_len=limits.max_array_len,
+            max_map_len=limits.max_map_len,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises ValueError subclasses, TypeError, ...
+        raise CodecError(f"not a valid msgpack payload: {type(exc).__name__}: {exc}") from None
+    if not isinstance(body, dict):
+        raise CodecError(f"payload must be a msgpack map, got {_kind(body)}")
+    return body
+
+
+def decode(
+    payload: bytes, expected: type[T] | None = None, limits: DecodeLimits = DEFAULT_LIMITS
+) -> T:
+    """Decode and validate one payload; `expected` restricts the message class.
+
+    Raises UnsupportedVersionError for another protocol version and CodecError
+    for anything else that is wrong, with a message that names the field.
+    """
+    body = unpack_map(payload, limits)
+    version = body.get("v")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CodecError("missing or non-integer protocol version 'v'")
+    if version != PROTOCOL_VERSION:
+        raise UnsupportedVersionError(
+            f"protocol version {version} not supported (this build speaks {PROTOCOL_VERSION})"
+        )
+    kind = body.get("type")
+    decoder = _DECODERS.get(kind) if isinstance(kind, str) else None
+    if decoder is None:
+        raise CodecError(f"unknown message type {kind!r}")
+    try:
+        message = decoder(body, limits)
+    except ProtocolError as exc:  # a constructor's invariant, hit by network input
+        raise CodecError(str(exc)) from None
+    if expected is not None and not isinstance(message, expected):
+        raise CodecError(f"expected a {expected.__name__}, got a {type(message).__name__}")
+    return message  # type: ignore[return-value]

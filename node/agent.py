@@ -1,0 +1,232 @@
+"""The edge node: receive a model, train on local data, send the delta, await the ack.
+
+One `EdgeNode` is one device with its own MQTT connection. Its loop runs on
+the caller's thread (a device's main loop, or one thread of the fleet
+simulator); paho's network thread only fills the inbox.
+
+    idle --new model--> train --> delta --> publish --> wait for ack --> idle
+                                               ^--- resend on ack timeout ---'
+
+Raw data never leaves this object: only `delta = w_local - w_base`, the
+base version, the sample count and a per-node sequence number do.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedbus.broker.client import BrokerAddress, BusClient, LastWill
+from fedbus.broker.codec import decode, encode
+from fedbus.broker.errors import CodecError, ProtocolError
+from fedbus.broker.messages import (
+    AckMessage,
+    ModelMessage,
+    NodeState,
+    NodeStatus,
+    TrainingTask,
+    UpdateMessage,
+)
+from fedbus.broker.tensors import decode_weights, encode_weights
+from fedbus.broker.topics import Channel, Topics
+from fedbus.node.learners import Learner, SoftmaxRegression
+from fedbus.node.local_work import local_shuffle_rng
+
+log = logging.getLogger(__name__)
+
+#: Called between local training and sending, with the node and the local run
+#: index; returns False to lose the update (the simulator's dropouts and delays).
+BeforeSend = Callable[["EdgeNode", int], bool]
+
+
+def build_learner(task: TrainingTask) -> Learner:
+    """The learner a task names, sized from the task's weight layout."""
+    if task.learner == "softmax":
+        n_features, n_classes = task.weight_shapes["W"]
+        return SoftmaxRegression(n_features, n_classes)
+    raise ProtocolError(f"this node cannot run learner {task.learner!r}")
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    node_id: str
+    address: BrokerAddress
+    topics: Topics
+    seed: int = 0
+    #: Index used in the per-run random streams (BENCH-TASK: node_id of the fleet).
+    node_index: int = 0
+    ack_timeout: float = 10.0
+    connect_timeout: float = 30.0
+
+
+@dataclass
+class NodeProgress:
+    """What a node has done, for the simulator's summary and for tests."""
+
+    runs: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    resends: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    last_reason: str | None = None
+
+
+class EdgeNode:
+    def __init__(
+        self,
+        settings: NodeSettings,
+        features: np.ndarray,
+        labels: np.ndarray,
+        *,
+        before_send: BeforeSend | None = None,
+    ) -> None:
+        self.settings = settings
+        self.node_id = settings.node_id
+        self.topics = settings.topics
+        self.features = features
+        self.labels = labels
+        self.before_send = before_send
+        self.progress = NodeProgress()
+        self.stopping = threading.Event()
+        self.paused = threading.Event()  # set: the node does no work (simulated dropout)
+        self.latest_model: ModelMessage | None = None
+        self.learner: Learner | None = None
+        self.seq = 0
+        self._trained_version: int | None = None
+        self._pending: tuple[int, bytes, float] | None = None  # seq, payload, sent at
+        self.client = BusClient(
+            f"fedbus-{self.topics.fleet}-node-{self.node_id}",
+            settings.address,
+            persistent_session=True,
+            will=LastWill(
+                self.topics.status(self.node_id),
+                encode(NodeStatus(self.node_id, NodeState.OFFLINE)),
+            ),
+        )
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self.client.subscribe(self.topics.model, qos=1)
+        self.client.subscribe(self.topics.ack(self.node_id), qos=1)
+        self.client.start()
+
+    def run(self) -> None:
+        """Connect and work until `stopping` is set."""
+        self.start()
+        try:
+            self.client.wait_connected(self.settings.connect_timeout)
+            self._publish_status(NodeState.ONLINE)
+            while not self.stopping.is_set():
+                self.step(timeout=0.05)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.client.connected.is_set():
+            self._publish_status(NodeState.OFFLINE).wait_for_publish(2.0)
+        self.client.stop()
+
+    def step(self, timeout: float) -> None:
+        """One turn of the loop: take in messages, then train or resend if due."""
+        received = self.client.receive(timeout=timeout)
+        while received is not None:
+            self._take(received.topic, received.payload)
+            received = self.client.receive(timeout=0)
+        if self.paused.is_set():
+            return
+        if self._pending is not None:
+            seq, payload, sent_at = self._pending
+            if time.monotonic() - sent_at > self.settings.ack_timeout:
+                log.info("%s: no ack for seq %d, resending", self.node_id, seq)
+                self.progress.resends += 1
+                self._send(seq, payload)
+            return
+        model = self.latest_model
+        if model is not None and model.version != self._trained_version:
+            self._train_and_send(model)
+
+    # ------------------------------------------------------------ inference
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Answer from the latest model this node holds; works while offline."""
+        if self.learner is None or self.latest_model is None:
+            raise ProtocolError(f"{self.node_id}: no model received yet")
+        self.learner.set_weights(decode_weights(self.latest_model.tensors, self.latest_model.task.weight_shapes))
+        return self.learner.predict(features)
+
+    # ------------------------------------------------------------ internals
+
+    def _take(self, topic: str, payload: bytes) -> None:
+        self.progress.bytes_received += len(payload)
+        try:
+            channel, _ = self.topics.parse(topic)
+            if channel is Channel.MODEL:
+                model = decode(payload, ModelMessage)
+                if self.latest_model is None or model.version > self.latest_model.version:
+                    self.latest_model = model
+            elif channel is Channel.ACK:
+                self._take_ack(decode(payload, AckMessage))
+        except (CodecError, ProtocolError) as exc:
+            log.warning("%s: ignored bad message on %s: %s", self.node_id, topic, exc)
+
+    def _take_ack(self, ack: AckMessage) -> None:
+        if self._pending is None or ack.seq != self._pending[0]:
+            return
+        self._pending = None
+        if ack.accepted:
+            self.progress.accepted += 1
+        else:
+            self.progress.rejected += 1
+            self.progress.last_reason = ack.reason.value if ack.reason else None
+            log.info("%s: update %s rejected: %s %s", self.node_id, ack.seq, ack.reason, ack.detail)
+
+    def _train_and_send(self, model: ModelMessage) -> None:
+        task = model.task
+        if self.learner is None:
+            self.learner = build_learner(task)
+        base = decode_weights(model.tensors, task.weight_shapes)
+        self.learner.set_weights(base)
+        run = self.progress.runs + 1  # BENCH-TASK counts local runs k = 1, 2, ...
+        self._publish_status(NodeState.TRAINING, model.version)
+        loss = self.learner.fit(
+            self.features,
+            self.labels,
+            epochs=task.local_epochs,
+            batch_size=task.batch_size,
+            lr=task.learning_rate,
+            rng=local_shuffle_rng(self.settings.seed, self.settings.node_index, run),
+        )
+        local = self.learner.get_weights()
+        delta = {name: (local[name] - base[name]).astype(np.float32) for name in base}
+        self.progress.runs += 1
+        self._trained_version = model.version
+        if self.before_send is not None and not self.before_send(self, run):
+            self._publish_status(NodeState.ONLINE, model.version)
+            return
+        self.seq += 1
+        update = UpdateMessage(
+            node=self.node_id,
+            seq=self.seq,
+            base_version=model.version,
+            num_samples=len(self.labels),
+            tensors=encode_weights(delta),
+            train_loss=float(loss),
+        )
+        self._send(self.seq, encode(update))
+        self._publish_status(NodeState.ONLINE, model.version)
+
+    def _send(self, seq: int, payload: bytes) -> None:
+        self.client.publish(self.topics.update(self.node_id), payload, qos=1)
+        self.progress.bytes_sent += len(payload)
+        self._pending = (seq, payload, time.monotonic())
+
+    def _publish_status(self, state: NodeState, version: int | None = None):  # type: ignore[no-untyped-def]
+        payload = encode(NodeStatus(self.node_id, state, version))
+        return self.client.publish(self.topics.status(self.node_id), payload, qos=1, retain=True)

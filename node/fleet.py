@@ -1,0 +1,119 @@
+"""The fleet simulator: many edge nodes on one machine, each with its own MQTT link.
+
+Every node is a real `EdgeNode` with its own connection and client id,
+running on its own thread, so the broker and the aggregator see exactly what
+a fleet of devices would send. Seeded device and link conditions
+(`fedbus.node.conditions`) make runs repeatable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedbus.broker.client import BrokerAddress
+from fedbus.broker.topics import Topics
+from fedbus.node.agent import EdgeNode, NodeProgress, NodeSettings
+from fedbus.node.conditions import Heterogeneity, run_conditions, slow_nodes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FleetTotals:
+    nodes: int
+    runs: int
+    accepted: int
+    rejected: int
+    resends: int
+    dropped: int
+    link_flaps: int
+    bytes_sent: int
+    bytes_received: int
+
+
+class Fleet:
+    def __init__(
+        self,
+        partitions: list[tuple[np.ndarray, np.ndarray]],
+        address: BrokerAddress,
+        topics: Topics,
+        *,
+        seed: int = 0,
+        heterogeneity: Heterogeneity = Heterogeneity(),
+        ack_timeout: float = 10.0,
+    ) -> None:
+        self.heterogeneity = heterogeneity
+        self.seed = seed
+        self._slow = slow_nodes(len(partitions), heterogeneity.slow_fraction, seed)
+        self.dropped = 0
+        self.link_flaps = 0
+        self._lock = threading.Lock()
+        self.nodes = [
+            EdgeNode(
+                NodeSettings(f"node-{i:03d}", address, topics, seed=seed, node_index=i,
+                             ack_timeout=ack_timeout),
+                features,
+                labels,
+                before_send=self._before_send,
+            )
+            for i, (features, labels) in enumerate(partitions)
+        ]
+        self._threads: list[threading.Thread] = []
+
+    def _before_send(self, node: EdgeNode, run: int) -> bool:
+        """Apply the drawn conditions of this run: wait, flap the link, or drop out."""
+        index = node.settings.node_index
+        conditions = run_conditions(self.heterogeneity, self.seed, index, run, index in self._slow)
+        if node.stopping.wait(conditions.delay):
+            return False
+        if conditions.dropped:
+            with self._lock:
+                self.dropped += 1
+            node.stopping.wait(self.heterogeneity.dropout_seconds)
+            return False
+        if conditions.link_flap:
+            with self._lock:
+                self.link_flaps += 1
+            node.client.drop_connection()
+        return True
+
+    def start(self) -> None:
+        for node in self.nodes:
+            thread = threading.Thread(target=node.run, name=node.node_id, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def wait_connected(self, timeout: float) -> None:
+        for node in self.nodes:
+            node.client.wait_connected(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        for node in self.nodes:
+            node.stopping.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def totals(self) -> FleetTotals:
+        progress = [node.progress for node in self.nodes]
+
+        def total(field: str) -> int:
+            return sum(getattr(p, field) for p in progress)
+
+        return FleetTotals(
+            nodes=len(self.nodes),
+            runs=total("runs"),
+            accepted=total("accepted"),
+            rejected=total("rejected"),
+            resends=total("resends"),
+            dropped=self.dropped,
+            link_flaps=self.link_flaps,
+            bytes_sent=total("bytes_sent"),
+            bytes_received=total("bytes_received"),
+        )
+
+
+__all__ = ["Fleet", "FleetTotals", "Heterogeneity", "NodeProgress"]
