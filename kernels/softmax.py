@@ -12,7 +12,6 @@ checking and a bad label would otherwise read or write arbitrary memory.
 """
 
 # X (data matrix) and W (weights) are the field's own names.
-# ruff: noqa: N803, N806
 
 from __future__ import annotations
 

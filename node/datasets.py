@@ -5,7 +5,6 @@ system trains on the same rows in the same split, so nothing here is a knob.
 """
 
 # X (data matrix) and W (weights) are the field's own names.
-# ruff: noqa: N803, N806
 
 from __future__ import annotations
 

@@ -7,7 +7,6 @@ lives in ``fedbus.kernels``; a learner only validates and orchestrates.
 """
 
 # X (data matrix) and W (weights) are the field's own names.
-# ruff: noqa: N803, N806
 
 from __future__ import annotations
 

@@ -5,7 +5,6 @@ one line per textbook step. Kernel tests compare against them.
 """
 
 # X (data matrix) and W (weights) are the field's own names.
-# ruff: noqa: N803, N806
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Softmax kernels against the numpy references in tests/naive.py."""
 
 # X (data matrix) and W (weights) are the field's own names.
-# ruff: noqa: N803, N806
 
 from __future__ import annotations
 

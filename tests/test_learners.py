@@ -1,7 +1,6 @@
 """SoftmaxRegression: the Learner contract, checked without any network."""
 
 # X (data matrix) and W (weights) are the field's own names.
-# ruff: noqa: N803, N806
 
 from __future__ import annotations
 

@@ -1,0 +1,67 @@
+"""`fedbus node`: run one edge node on local data until stopped."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from fedbus.broker.cli_common import (
+    add_bus_arguments,
+    add_logging_arguments,
+    bus_from_args,
+    setup_logging,
+    stop_on_signals,
+)
+from fedbus.broker.errors import ConfigError, FedbusError
+from fedbus.broker.topics import validate_id
+from fedbus.node.agent import EdgeNode, NodeSettings
+from fedbus.node.local_data import load_csv, load_npz
+
+log = logging.getLogger(__name__)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--id", required=True, dest="node_id", help="node id [A-Za-z0-9_-]{1,64}")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="local training data: a .csv with a header or an .npz with X and y")
+    parser.add_argument("--label-column", default="label", help="CSV column holding the label")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the local shuffles")
+    parser.add_argument("--index", type=int, default=0,
+                        help="node index in the per-run random streams")
+    parser.add_argument("--ack-timeout", type=float, default=10.0,
+                        help="seconds to wait for an ack before resending")
+    add_bus_arguments(parser)
+    add_logging_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, args.log_json)
+    address, topics = bus_from_args(args)
+    try:
+        node_id = validate_id(args.node_id)
+    except FedbusError as exc:
+        raise ConfigError(f"--id: {exc}") from None
+    if not args.data.is_file():
+        raise ConfigError(f"--data: no such file {args.data}")
+    if args.data.suffix == ".npz":
+        features, labels = load_npz(args.data)
+    else:
+        features, labels = load_csv(args.data, args.label_column)
+    settings = NodeSettings(node_id, address, topics, seed=args.seed, node_index=args.index,
+                            ack_timeout=args.ack_timeout)
+    node = EdgeNode(settings, features, labels)
+    stop_on_signals(node.stopping)
+    log.info("node %s with %d samples on %s:%d", node_id, len(labels), args.host, args.port)
+    node.run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fedbus node", description=__doc__)
+    configure_parser(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except ConfigError as exc:
+        parser.exit(2, f"fedbus node: error: {exc}\n")
