@@ -37,8 +37,18 @@ _FALLBACK_EXECUTABLES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 #: ``extra_lines`` replaces the base config's line, because mosquitto 2.0
 #: rejects a repeated string option ("Duplicate ... value in configuration").
 _REPEATABLE_OPTIONS = frozenset(
-    {"listener", "log_dest", "log_type", "include_dir", "plugin", "auth_plugin",
-     "connection", "address", "addresses", "topic"}
+    {
+        "listener",
+        "log_dest",
+        "log_type",
+        "include_dir",
+        "plugin",
+        "auth_plugin",
+        "connection",
+        "address",
+        "addresses",
+        "topic",
+    }
 )
 _REPEATABLE_PREFIXES = ("auth_opt_", "plugin_opt_")
 
@@ -138,9 +148,7 @@ def derive_config(
         if "\n" in line or "\r" in line:
             raise ConfigError(f"extra_lines: {line!r} holds more than one line")
         if _option(line) in _MANAGED_OPTIONS:
-            raise ConfigError(
-                f"extra_lines: {_option(line)} is set by the launcher for each run"
-            )
+            raise ConfigError(f"extra_lines: {_option(line)} is set by the launcher for each run")
     overridden = {opt for line in extras if (opt := _option(line)) and not _is_repeatable(opt)}
 
     listener_line = f"listener {port} {host}"
@@ -254,7 +262,8 @@ class ManagedBroker:
     @property
     def pid(self) -> int | None:
         """The process id while mosquitto runs, else None."""
-        return self._process.pid if self.running else None  # type: ignore[union-attr]
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
 
     @property
     def running(self) -> bool:
@@ -286,11 +295,11 @@ class ManagedBroker:
         """
         if self.running:
             raise BrokerError(f"broker already running (pid {self.pid}) at {self.url}")
-        executable = find_mosquitto()
         try:
             base_text = self._config_path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"config: cannot read {self._config_path}: {exc}") from exc
+        executable = find_mosquitto()
         if self._data_dir is None:
             self._data_dir = Path(tempfile.mkdtemp(prefix="fedbus-broker-"))
             self._owns_data_dir = True
@@ -306,8 +315,11 @@ class ManagedBroker:
                     f"port {self._port} on {self._host} is already in use; "
                     f"log {self.log_path}:\n{_tail(self.log_path, self._log_start)}"
                 )
-            log.warning("port %d was taken before mosquitto bound it (attempt %d); retrying",
-                        self._port, attempt)
+            log.warning(
+                "port %d was taken before mosquitto bound it (attempt %d); retrying",
+                self._port,
+                attempt,
+            )
             self._port = None
         raise BrokerError(f"no free port found for mosquitto after {_PORT_ATTEMPTS} attempts")
 
@@ -357,8 +369,12 @@ class ManagedBroker:
         except BaseException:
             self._terminate(signal.SIGKILL)
             raise
-        log.info("mosquitto pid %d listening on %s (data %s)",
-                 self._process.pid, self.url, self._data_dir)
+        log.info(
+            "mosquitto pid %d listening on %s (data %s)",
+            self._process.pid,
+            self.url,
+            self._data_dir,
+        )
         return True
 
     def _wait_ready(self) -> None:
@@ -421,12 +437,20 @@ class ManagedBroker:
             try:
                 process.wait(timeout=_STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                log.warning("mosquitto pid %d ignored %s for %.0f s; killing it",
-                            process.pid, sig.name, _STOP_TIMEOUT_S)
+                log.warning(
+                    "mosquitto pid %d ignored %s for %.0f s; killing it",
+                    process.pid,
+                    sig.name,
+                    _STOP_TIMEOUT_S,
+                )
                 process.kill()
                 process.wait()
-            log.info("mosquitto pid %d stopped (%s, status %s)",
-                     process.pid, sig.name, process.returncode)
+            log.info(
+                "mosquitto pid %d stopped (%s, status %s)",
+                process.pid,
+                sig.name,
+                process.returncode,
+            )
         self._reap()
 
     def _reap(self) -> None:

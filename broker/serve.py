@@ -71,9 +71,7 @@ def run(args: argparse.Namespace) -> int:
     def request_stop(signum: int, frame: FrameType | None) -> None:
         stop_requested.set()
 
-    previous = {
-        sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     broker = ManagedBroker(config, port=args.port, host=args.host, data_dir=args.data_dir)
     try:
         try:
@@ -98,3 +96,9 @@ def run(args: argparse.Namespace) -> int:
         broker.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fedbus broker", description=__doc__)
+    configure_parser(parser)
+    return run(parser.parse_args(argv))

@@ -34,6 +34,7 @@ from fedbus.broker.messages import (
 )
 from fedbus.broker.tensors import decode_weights, encode_weights
 from fedbus.broker.topics import Channel, Topics
+from fedbus.kernels.warmup import warm_up
 from fedbus.node.learners import Learner, SoftmaxRegression
 from fedbus.node.local_work import local_shuffle_rng
 
@@ -113,6 +114,7 @@ class EdgeNode:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        warm_up()
         self.client.subscribe(self.topics.model, qos=1)
         self.client.subscribe(self.topics.ack(self.node_id), qos=1)
         self.client.start()
