@@ -59,7 +59,9 @@ class AggregationConfig:
             raise ConfigError("sync mode accepts only current-version updates: max_staleness 0")
 
     @classmethod
-    def fedbuff(cls, buffer_size: int = 10, server_lr: float = 1.0, **kw: object) -> AggregationConfig:
+    def fedbuff(
+        cls, buffer_size: int = 10, server_lr: float = 1.0, **kw: object
+    ) -> AggregationConfig:
         return cls(AggregationMode.FEDBUFF, buffer_size, server_lr, **kw)  # type: ignore[arg-type]
 
     @classmethod
@@ -78,14 +80,20 @@ class AggregationConfig:
         )
 
 
-def update_coefficient(config: AggregationConfig, staleness: int, num_samples: int) -> tuple[float, float]:
+def update_coefficient(
+    config: AggregationConfig, staleness: int, num_samples: int
+) -> tuple[float, float]:
     """(a, g): the buffer weight a = f(s) g(n) of an update and its normaliser share g(n)."""
     g = float(num_samples) if config.weight_by_samples else 1.0
     return config.staleness.weight(staleness) * g, g
 
 
-def apply_buffer(weights: Mapping[str, np.ndarray], buffer: Mapping[str, np.ndarray],
-                 normalizer: float, server_lr: float) -> Weights:
+def apply_buffer(
+    weights: Mapping[str, np.ndarray],
+    buffer: Mapping[str, np.ndarray],
+    normalizer: float,
+    server_lr: float,
+) -> Weights:
     """The server step w + lr * buffer / normalizer, as new float32 arrays."""
     if not normalizer > 0:
         raise ValueError(f"normalizer must be > 0, got {normalizer}")
@@ -113,8 +121,9 @@ class BufferedAggregator:
     def staleness_of(self, base_version: int) -> int:
         return self.version - base_version
 
-    def add(self, node: str, delta: Mapping[str, np.ndarray], base_version: int,
-            num_samples: int) -> bool:
+    def add(
+        self, node: str, delta: Mapping[str, np.ndarray], base_version: int, num_samples: int
+    ) -> bool:
         """Buffer one validated update; step the model when K are buffered.
 
         Returns True when the model moved to a new version.
@@ -135,7 +144,9 @@ class BufferedAggregator:
         """Apply whatever is buffered (also a partial buffer, e.g. on a deadline)."""
         if self.buffered == 0:
             return False
-        self.weights = apply_buffer(self.weights, self.buffer, self.normalizer, self.config.server_lr)
+        self.weights = apply_buffer(
+            self.weights, self.buffer, self.normalizer, self.config.server_lr
+        )
         for acc in self.buffer.values():
             acc.fill(0.0)
         self.applied_updates += self.buffered

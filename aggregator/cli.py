@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+import numpy as np
+
 from fedbus.aggregator.buffer import AggregationConfig, AggregationMode, BufferedAggregator
 from fedbus.aggregator.core import AggregatorCore
 from fedbus.aggregator.daemon import AggregatorDaemon, DaemonSettings
@@ -21,8 +23,6 @@ from fedbus.broker.layouts import weight_shapes
 from fedbus.broker.messages import TrainingTask
 from fedbus.broker.topics import validate_id
 
-import numpy as np
-
 log = logging.getLogger(__name__)
 
 
@@ -37,22 +37,48 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     task.add_argument("--batch-size", type=int, default=16)
     task.add_argument("--local-lr", type=float, default=0.1, help="nodes' SGD learning rate")
     agg = parser.add_argument_group("aggregation")
-    agg.add_argument("--mode", choices=[m.value for m in AggregationMode], default="fedbuff",
-                     help="fedbuff (buffered async), fedasync (K=1) or sync (FedAvg baseline)")
-    agg.add_argument("--buffer-size", "-K", type=int, default=10,
-                     help="updates per model step in fedbuff mode; cohort size in sync mode")
-    agg.add_argument("--server-lr", type=float, default=1.0,
-                     help="server learning rate (the mixing alpha in fedasync mode)")
+    agg.add_argument(
+        "--mode",
+        choices=[m.value for m in AggregationMode],
+        default="fedbuff",
+        help="fedbuff (buffered async), fedasync (K=1) or sync (FedAvg baseline)",
+    )
+    agg.add_argument(
+        "--buffer-size",
+        "-K",
+        type=int,
+        default=10,
+        help="updates per model step in fedbuff mode; cohort size in sync mode",
+    )
+    agg.add_argument(
+        "--server-lr",
+        type=float,
+        default=1.0,
+        help="server learning rate (the mixing alpha in fedasync mode)",
+    )
     agg.add_argument("--staleness", choices=[k.value for k in StalenessKind], default="polynomial")
     agg.add_argument("--staleness-a", type=float, default=0.5, help="exponent / slope a")
     agg.add_argument("--staleness-b", type=int, default=4, help="hinge start b")
     agg.add_argument("--max-staleness", type=int, default=50)
-    agg.add_argument("--uniform-weights", action="store_true",
-                     help="weigh updates equally instead of by sample count")
-    agg.add_argument("--flush-after", type=float, default=None, metavar="SECONDS",
-                     help="apply a partial buffer after this long (sync deadline)")
-    agg.add_argument("--allow-node", action="append", default=None, metavar="ID",
-                     help="enrolled node id (repeat); default: any valid id")
+    agg.add_argument(
+        "--uniform-weights",
+        action="store_true",
+        help="weigh updates equally instead of by sample count",
+    )
+    agg.add_argument(
+        "--flush-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="apply a partial buffer after this long (sync deadline)",
+    )
+    agg.add_argument(
+        "--allow-node",
+        action="append",
+        default=None,
+        metavar="ID",
+        help="enrolled node id (repeat); default: any valid id",
+    )
     add_logging_arguments(parser)
 
 
@@ -60,7 +86,9 @@ def aggregation_config(args: argparse.Namespace) -> AggregationConfig:
     mode = AggregationMode(args.mode)
     if mode is AggregationMode.SYNC:
         return AggregationConfig.sync(args.buffer_size)
-    staleness = StalenessWeighting(StalenessKind(args.staleness), args.staleness_a, args.staleness_b)
+    staleness = StalenessWeighting(
+        StalenessKind(args.staleness), args.staleness_a, args.staleness_b
+    )
     return AggregationConfig(
         mode=mode,
         buffer_size=1 if mode is AggregationMode.FEDASYNC else args.buffer_size,
@@ -75,16 +103,18 @@ def build_daemon(args: argparse.Namespace) -> AggregatorDaemon:
     address, topics = bus_from_args(args)
     shapes = weight_shapes(args.learner, args.features, args.classes)
     try:
-        task = TrainingTask(args.task_name, args.learner, shapes, args.local_epochs,
-                            args.batch_size, args.local_lr)
+        task = TrainingTask(
+            args.task_name, args.learner, shapes, args.local_epochs, args.batch_size, args.local_lr
+        )
         known = None
         if args.allow_node:
             known = frozenset(validate_id(n) for n in args.allow_node)
     except ProtocolError as exc:
         raise ConfigError(str(exc)) from None
     initial = {name: np.zeros(shape, dtype=np.float32) for name, shape in shapes.items()}
-    core = AggregatorCore(task, BufferedAggregator(aggregation_config(args), initial),
-                          known_nodes=known)
+    core = AggregatorCore(
+        task, BufferedAggregator(aggregation_config(args), initial), known_nodes=known
+    )
     return AggregatorDaemon(core, DaemonSettings(address, topics, flush_after=args.flush_after))
 
 
@@ -92,8 +122,13 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, args.log_json)
     daemon = build_daemon(args)
     stop_on_signals(daemon.stopping)
-    log.info("aggregator for fleet %s on %s:%d, mode %s", daemon.topics.fleet,
-             args.host, args.port, args.mode)
+    log.info(
+        "aggregator for fleet %s on %s:%d, mode %s",
+        daemon.topics.fleet,
+        args.host,
+        args.port,
+        args.mode,
+    )
     daemon.run()
     return 0
 

@@ -85,7 +85,9 @@ class AggregatorCore:
         ):
             return self._reject(
                 topic_node,
-                Rejection(RejectReason.STALE, "node already contributed to this round", decoded.seq),
+                Rejection(
+                    RejectReason.STALE, "node already contributed to this round", decoded.seq
+                ),
             )
         message = checked.message
         stepped = self.aggregator.add(

@@ -18,11 +18,17 @@ from fedbus.broker.topics import Topics
 def add_bus_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("bus")
     group.add_argument("--host", default="127.0.0.1", help="MQTT broker host (default %(default)s)")
-    group.add_argument("--port", type=int, default=1883, help="MQTT broker port (default %(default)s)")
+    group.add_argument(
+        "--port", type=int, default=1883, help="MQTT broker port (default %(default)s)"
+    )
     group.add_argument("--fleet", default="default", help="fleet id, the topic root fedbus/<fleet>")
     group.add_argument("--username", default=None, help="broker user name, if auth is on")
-    group.add_argument("--password-env", default="FEDBUS_PASSWORD", metavar="VAR",
-                       help="environment variable holding the broker password")
+    group.add_argument(
+        "--password-env",
+        default="FEDBUS_PASSWORD",
+        metavar="VAR",
+        help="environment variable holding the broker password",
+    )
 
 
 def bus_from_args(args: argparse.Namespace) -> tuple[BrokerAddress, Topics]:
@@ -39,7 +45,9 @@ def bus_from_args(args: argparse.Namespace) -> tuple[BrokerAddress, Topics]:
 
 
 def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     parser.add_argument("--log-json", action="store_true", help="one JSON object per log line")
 
 

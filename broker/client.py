@@ -104,7 +104,9 @@ class BusClient:
                 self.address.host, self.address.port, keepalive=self.address.keepalive
             )
         except (OSError, ValueError) as exc:
-            raise BrokerError(f"cannot connect to {self.address.host}:{self.address.port}: {exc}")
+            raise BrokerError(
+                f"cannot connect to {self.address.host}:{self.address.port}: {exc}"
+            ) from exc
         self._client.loop_start()
         self._started = True
 

@@ -107,7 +107,7 @@ class Topics:
         prefix = self.root + "/"
         if not topic.startswith(prefix):
             raise ProtocolError(f"topic {topic!r} is outside fleet root {self.root!r}")
-        rest = topic[len(prefix):]
+        rest = topic[len(prefix) :]
         if rest == Channel.MODEL.value:
             return Channel.MODEL, None
         if rest == Channel.AGGREGATOR_STATUS.value:

@@ -19,9 +19,10 @@ import math
 import operator
 
 import numpy as np
+from numba import njit
+
 from fedbus.broker.errors import KernelInputError
 from fedbus.kernels.config import JIT_OPTIONS
-from numba import njit
 
 __all__ = ["softmax_cross_entropy_grad", "softmax_predict_proba", "softmax_sgd_epoch"]
 

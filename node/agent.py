@@ -160,7 +160,9 @@ class EdgeNode:
         """Answer from the latest model this node holds; works while offline."""
         if self.learner is None or self.latest_model is None:
             raise ProtocolError(f"{self.node_id}: no model received yet")
-        self.learner.set_weights(decode_weights(self.latest_model.tensors, self.latest_model.task.weight_shapes))
+        self.learner.set_weights(
+            decode_weights(self.latest_model.tensors, self.latest_model.task.weight_shapes)
+        )
         return self.learner.predict(features)
 
     # ------------------------------------------------------------ internals

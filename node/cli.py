@@ -23,14 +23,23 @@ log = logging.getLogger(__name__)
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", required=True, dest="node_id", help="node id [A-Za-z0-9_-]{1,64}")
-    parser.add_argument("--data", type=Path, required=True,
-                        help="local training data: a .csv with a header or an .npz with X and y")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="local training data: a .csv with a header or an .npz with X and y",
+    )
     parser.add_argument("--label-column", default="label", help="CSV column holding the label")
     parser.add_argument("--seed", type=int, default=0, help="seed of the local shuffles")
-    parser.add_argument("--index", type=int, default=0,
-                        help="node index in the per-run random streams")
-    parser.add_argument("--ack-timeout", type=float, default=10.0,
-                        help="seconds to wait for an ack before resending")
+    parser.add_argument(
+        "--index", type=int, default=0, help="node index in the per-run random streams"
+    )
+    parser.add_argument(
+        "--ack-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for an ack before resending",
+    )
     add_bus_arguments(parser)
     add_logging_arguments(parser)
 
@@ -48,8 +57,14 @@ def run(args: argparse.Namespace) -> int:
         features, labels = load_npz(args.data)
     else:
         features, labels = load_csv(args.data, args.label_column)
-    settings = NodeSettings(node_id, address, topics, seed=args.seed, node_index=args.index,
-                            ack_timeout=args.ack_timeout)
+    settings = NodeSettings(
+        node_id,
+        address,
+        topics,
+        seed=args.seed,
+        node_index=args.index,
+        ack_timeout=args.ack_timeout,
+    )
     node = EdgeNode(settings, features, labels)
     stop_on_signals(node.stopping)
     log.info("node %s with %d samples on %s:%d", node_id, len(labels), args.host, args.port)

@@ -50,9 +50,15 @@ def slow_nodes(num_nodes: int, fraction: float, seed: int) -> frozenset[int]:
     return frozenset(int(i) for i in chosen)
 
 
-def run_conditions(h: Heterogeneity, seed: int, node_index: int, run: int, slow: bool) -> RunConditions:
+def run_conditions(
+    h: Heterogeneity, seed: int, node_index: int, run: int, slow: bool
+) -> RunConditions:
     """Draw the conditions of local run `run` of node `node_index`."""
-    delay = straggler_delay(seed, node_index, run, scale=h.straggler_scale) if h.straggler_scale else 0.0
+    delay = (
+        straggler_delay(seed, node_index, run, scale=h.straggler_scale)
+        if h.straggler_scale
+        else 0.0
+    )
     if slow:
         delay *= h.slow_factor
     events = np.random.default_rng([seed, node_index, run, 2]).random(2)

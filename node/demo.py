@@ -41,39 +41,66 @@ MODES = {"async": "fedbuff", "fedasync": "fedasync", "sync": "sync"}
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mode", choices=list(MODES), default="async",
-                        help="async = FedBuff, fedasync = FedAsync (K=1), sync = FedAvg baseline")
+    parser.add_argument(
+        "--mode",
+        choices=list(MODES),
+        default="async",
+        help="async = FedBuff, fedasync = FedAsync (K=1), sync = FedAvg baseline",
+    )
     parser.add_argument("--nodes", type=int, default=20, help="fleet size (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="seed of shuffles and conditions")
     parser.add_argument("--partition", choices=["dirichlet", "iid"], default="dirichlet")
     parser.add_argument("--dirichlet-alpha", type=float, default=0.5)
     parser.add_argument("--target-accuracy", type=float, default=0.93)
-    parser.add_argument("--max-seconds", type=float, default=120.0,
-                        help="stop after this long even if the target was not reached")
-    parser.add_argument("--keep-running", action="store_true",
-                        help="run for --max-seconds instead of stopping at the target")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=120.0,
+        help="stop after this long even if the target was not reached",
+    )
+    parser.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="run for --max-seconds instead of stopping at the target",
+    )
     agg = parser.add_argument_group("aggregation")
     agg.add_argument("--buffer-size", "-K", type=int, default=10, help="FedBuff K (default 10)")
     agg.add_argument("--server-lr", type=float, default=1.0, help="FedBuff server learning rate")
     agg.add_argument("--alpha", type=float, default=0.6, help="FedAsync mixing rate")
-    agg.add_argument("--staleness", choices=["constant", "polynomial", "hinge"],
-                     default="polynomial")
+    agg.add_argument(
+        "--staleness", choices=["constant", "polynomial", "hinge"], default="polynomial"
+    )
     agg.add_argument("--staleness-a", type=float, default=0.5)
-    agg.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
-                     help="sync/FedBuff: apply a partial buffer after this long")
+    agg.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="sync/FedBuff: apply a partial buffer after this long",
+    )
     het = parser.add_argument_group("device and link conditions")
-    het.add_argument("--straggler-scale", type=float, default=0.05,
-                     help="mean straggler delay in seconds (0 = off; default 0.05)")
-    het.add_argument("--slow-fraction", type=float, default=0.0,
-                     help="share of nodes 10x slower (the slow tail)")
-    het.add_argument("--dropout", type=float, default=0.0,
-                     help="probability an update is lost with its device")
-    het.add_argument("--link-flap", type=float, default=0.0,
-                     help="probability the link drops before a send")
+    het.add_argument(
+        "--straggler-scale",
+        type=float,
+        default=0.05,
+        help="mean straggler delay in seconds (0 = off; default 0.05)",
+    )
+    het.add_argument(
+        "--slow-fraction", type=float, default=0.0, help="share of nodes 10x slower (the slow tail)"
+    )
+    het.add_argument(
+        "--dropout", type=float, default=0.0, help="probability an update is lost with its device"
+    )
+    het.add_argument(
+        "--link-flap", type=float, default=0.0, help="probability the link drops before a send"
+    )
     out = parser.add_argument_group("output")
-    out.add_argument("--run-dir", type=Path, default=None,
-                     help="where to write summary.json, scores.csv, accuracy.png "
-                          "(default runs/<time>-<mode>)")
+    out.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="where to write summary.json, scores.csv, accuracy.png (default runs/<time>-<mode>)",
+    )
     out.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     out.add_argument("--no-progress", action="store_true", help="no live progress bar")
     add_logging_arguments(parser)
@@ -83,11 +110,28 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def _aggregator_command(args: argparse.Namespace, broker: ManagedBroker, fleet: str) -> list[str]:
     mode = MODES[args.mode]
     command = [
-        sys.executable, "-m", "fedbus.aggregator",
-        "--host", broker.host, "--port", str(broker.port), "--fleet", fleet,
-        "--mode", mode, "--features", "64", "--classes", "10",
-        "--staleness", args.staleness, "--staleness-a", str(args.staleness_a),
-        "--log-json", "--log-level", "INFO",
+        sys.executable,
+        "-m",
+        "fedbus.aggregator",
+        "--host",
+        broker.host,
+        "--port",
+        str(broker.port),
+        "--fleet",
+        fleet,
+        "--mode",
+        mode,
+        "--features",
+        "64",
+        "--classes",
+        "10",
+        "--staleness",
+        args.staleness,
+        "--staleness-a",
+        str(args.staleness_a),
+        "--log-json",
+        "--log-level",
+        "INFO",
     ]
     if mode == "sync":
         command += ["--buffer-size", str(args.nodes)]
@@ -105,8 +149,9 @@ def _partitions(args: argparse.Namespace) -> tuple[list[Any], Any]:
     if args.partition == "iid":
         parts = iid_partition(len(task.y_train), args.nodes, seed=args.seed)
     else:
-        parts = dirichlet_partition(task.y_train, args.nodes, alpha=args.dirichlet_alpha,
-                                    seed=args.seed)
+        parts = dirichlet_partition(
+            task.y_train, args.nodes, alpha=args.dirichlet_alpha, seed=args.seed
+        )
     return [(task.X_train[idx], task.y_train[idx]) for idx in parts], task
 
 
@@ -123,8 +168,10 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     if args.nodes < 1:
         raise ConfigError("--nodes must be >= 1")
     heterogeneity = Heterogeneity(
-        straggler_scale=args.straggler_scale, slow_fraction=args.slow_fraction,
-        dropout=args.dropout, link_flap=args.link_flap,
+        straggler_scale=args.straggler_scale,
+        slow_fraction=args.slow_fraction,
+        dropout=args.dropout,
+        link_flap=args.link_flap,
     )
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_dir = args.run_dir or Path("runs") / f"{stamp}-{args.mode}"
@@ -140,7 +187,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         observer.start()
         aggregator_log = (run_dir / "aggregator.log").open("w")
         aggregator = subprocess.Popen(
-            _aggregator_command(args, broker, topics.fleet), stderr=aggregator_log,
+            _aggregator_command(args, broker, topics.fleet),
+            stderr=aggregator_log,
             stdout=subprocess.DEVNULL,
         )
         bar = _progress(not args.no_progress and not args.json)
@@ -149,19 +197,25 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         try:
             while time.monotonic() - started < args.max_seconds + 30:
                 if aggregator.poll() is not None:
-                    raise FedbusError(f"aggregator exited with {aggregator.returncode}; "
-                                      f"see {run_dir / 'aggregator.log'}")
+                    raise FedbusError(
+                        f"aggregator exited with {aggregator.returncode}; "
+                        f"see {run_dir / 'aggregator.log'}"
+                    )
                 for score in observer.poll(0.05):
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(version=score.version, acc=f"{score.accuracy:.3f}",
-                                        t=f"{score.seconds:.1f}s")
+                        bar.set_postfix(
+                            version=score.version,
+                            acc=f"{score.accuracy:.3f}",
+                            t=f"{score.seconds:.1f}s",
+                        )
                     if reached is None and score.accuracy >= args.target_accuracy:
                         reached = score
                 latest = observer.latest
                 elapsed = latest.seconds if latest else 0.0
-                if latest is not None and (elapsed >= args.max_seconds or
-                                           (reached is not None and not args.keep_running)):
+                if latest is not None and (
+                    elapsed >= args.max_seconds or (reached is not None and not args.keep_running)
+                ):
                     break
             observer.poll(0.3)  # the status that follows the last model
         finally:
@@ -179,14 +233,22 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     summary = _summary(args, observer, fleet, reached, run_dir)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_scores_csv(observer.scores, run_dir / "scores.csv")
-    plot_accuracy({args.mode: observer.scores}, run_dir / "accuracy.png",
-                  target=args.target_accuracy,
-                  title=f"digits-20, {args.nodes} nodes, {args.partition}, mode {args.mode}")
+    plot_accuracy(
+        {args.mode: observer.scores},
+        run_dir / "accuracy.png",
+        target=args.target_accuracy,
+        title=f"digits-20, {args.nodes} nodes, {args.partition}, mode {args.mode}",
+    )
     return summary
 
 
-def _summary(args: argparse.Namespace, observer: ModelObserver, fleet: Fleet,
-             reached: VersionScore | None, run_dir: Path) -> dict[str, Any]:
+def _summary(
+    args: argparse.Namespace,
+    observer: ModelObserver,
+    fleet: Fleet,
+    reached: VersionScore | None,
+    run_dir: Path,
+) -> dict[str, Any]:
     counters = dict(observer.status.counters) if observer.status else {}
     latest = observer.latest
     return {
@@ -199,7 +261,8 @@ def _summary(args: argparse.Namespace, observer: ModelObserver, fleet: Fleet,
         "reached_target": reached is not None,
         "seconds_to_target": None if reached is None else round(reached.seconds, 3),
         "version_at_target": None if reached is None else reached.version,
-        "updates_to_target": None if reached is None
+        "updates_to_target": None
+        if reached is None
         else observer.applied_at_version.get(reached.version),
         "final_version": None if latest is None else latest.version,
         "final_accuracy": None if latest is None else round(latest.accuracy, 4),
@@ -218,25 +281,38 @@ def _summary(args: argparse.Namespace, observer: ModelObserver, fleet: Fleet,
 
 def _print_summary(summary: dict[str, Any]) -> None:
     reached = summary["reached_target"]
-    print(f"\nfedbus demo: mode {summary['mode']}, {summary['nodes']} nodes, "
-          f"{summary['partition']} partition, seed {summary['seed']}")
+    print(
+        f"\nfedbus demo: mode {summary['mode']}, {summary['nodes']} nodes, "
+        f"{summary['partition']} partition, seed {summary['seed']}"
+    )
     if reached:
-        print(f"  reached {summary['target_accuracy']:.2f} test accuracy after "
-              f"{summary['seconds_to_target']:.2f} s, model version {summary['version_at_target']}, "
-              f"{summary['updates_to_target']} updates applied")
+        print(
+            f"  reached {summary['target_accuracy']:.2f} test accuracy after "
+            f"{summary['seconds_to_target']:.2f} s, model version {summary['version_at_target']}, "
+            f"{summary['updates_to_target']} updates applied"
+        )
     else:
-        print(f"  did NOT reach {summary['target_accuracy']:.2f} "
-              f"(best {summary['best_accuracy']:.4f})")
-    print(f"  final accuracy {summary['final_accuracy']} at version {summary['final_version']} "
-          f"after {summary['elapsed_seconds']} s")
-    print(f"  updates accepted {summary['updates_accepted']}, rejected {summary['updates_rejected']}")
+        print(
+            f"  did NOT reach {summary['target_accuracy']:.2f} "
+            f"(best {summary['best_accuracy']:.4f})"
+        )
+    print(
+        f"  final accuracy {summary['final_accuracy']} at version {summary['final_version']} "
+        f"after {summary['elapsed_seconds']} s"
+    )
+    print(
+        f"  updates accepted {summary['updates_accepted']}, rejected {summary['updates_rejected']}"
+    )
     print(f"  bytes up {summary['bytes_up']:,}, bytes down {summary['bytes_down']:,}")
     print(f"  run folder: {summary['run_dir']} (summary.json, scores.csv, accuracy.png)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fedbus demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="fedbus demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     configure_parser(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_json)

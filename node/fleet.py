@@ -43,19 +43,25 @@ class Fleet:
         topics: Topics,
         *,
         seed: int = 0,
-        heterogeneity: Heterogeneity = Heterogeneity(),
+        heterogeneity: Heterogeneity | None = None,
         ack_timeout: float = 10.0,
     ) -> None:
-        self.heterogeneity = heterogeneity
+        self.heterogeneity = heterogeneity or Heterogeneity()
         self.seed = seed
-        self._slow = slow_nodes(len(partitions), heterogeneity.slow_fraction, seed)
+        self._slow = slow_nodes(len(partitions), self.heterogeneity.slow_fraction, seed)
         self.dropped = 0
         self.link_flaps = 0
         self._lock = threading.Lock()
         self.nodes = [
             EdgeNode(
-                NodeSettings(f"node-{i:03d}", address, topics, seed=seed, node_index=i,
-                             ack_timeout=ack_timeout),
+                NodeSettings(
+                    f"node-{i:03d}",
+                    address,
+                    topics,
+                    seed=seed,
+                    node_index=i,
+                    ack_timeout=ack_timeout,
+                ),
                 features,
                 labels,
                 before_send=self._before_send,

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
 from fedbus.kernels.softmax import (
     softmax_cross_entropy_grad,
     softmax_predict_proba,

@@ -28,9 +28,11 @@ def load_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
         rows, labels = [], []
         for line_number, row in enumerate(reader, start=2):
             if len(row) != len(header):
-                raise ConfigError(f"{path}:{line_number}: {len(row)} cells, header has {len(header)}")
+                raise ConfigError(
+                    f"{path}:{line_number}: {len(row)} cells, header has {len(header)}"
+                )
             values = []
-            for column, cell in zip(header, row):
+            for column, cell in zip(header, row, strict=True):
                 try:
                     values.append(float(cell))
                 except ValueError:
@@ -51,5 +53,7 @@ def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with np.load(path, allow_pickle=False) as archive:
         if "X" not in archive or "y" not in archive:
             raise ConfigError(f"{path}: expected arrays 'X' and 'y', found {list(archive)}")
-        return (np.ascontiguousarray(archive["X"], dtype=np.float32),
-                np.ascontiguousarray(archive["y"], dtype=np.int64))
+        return (
+            np.ascontiguousarray(archive["X"], dtype=np.float32),
+            np.ascontiguousarray(archive["y"], dtype=np.int64),
+        )

@@ -40,7 +40,9 @@ class ModelObserver:
         self.status: AggregatorStatus | None = None
         self.applied_at_version: dict[int, int] = {}
         self._t0: float | None = None
-        self.client = BusClient(f"fedbus-{topics.fleet}-observer", address, persistent_session=False)
+        self.client = BusClient(
+            f"fedbus-{topics.fleet}-observer", address, persistent_session=False
+        )
         self.client.subscribe(topics.model, qos=1)
         self.client.subscribe(topics.aggregator_status, qos=1)
 

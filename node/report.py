@@ -28,7 +28,9 @@ def plot_accuracy(
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     for label, scores in curves.items():
-        ax.step([s.seconds for s in scores], [s.accuracy for s in scores], where="post", label=label)
+        ax.step(
+            [s.seconds for s in scores], [s.accuracy for s in scores], where="post", label=label
+        )
     if target is not None:
         ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.2f}")
     ax.set_xlabel("seconds since first model publication")

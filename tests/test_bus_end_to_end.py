@@ -104,8 +104,11 @@ def test_nodes_and_aggregator_train_end_to_end(address: BrokerAddress, start_agg
     task = load_digits_task()
     parts = iid_partition(len(task.y_train), 3, seed=0)
     nodes = [
-        EdgeNode(NodeSettings(f"n{i}", address, TOPICS, node_index=i),
-                 task.X_train[idx], task.y_train[idx])
+        EdgeNode(
+            NodeSettings(f"n{i}", address, TOPICS, node_index=i),
+            task.X_train[idx],
+            task.y_train[idx],
+        )
         for i, idx in enumerate(parts)
     ]
     threads = [threading.Thread(target=n.run, daemon=True) for n in nodes]
@@ -136,11 +139,15 @@ def test_nodes_and_aggregator_train_end_to_end(address: BrokerAddress, start_agg
     assert accuracy > 0.85, accuracy
 
 
-def test_late_joiner_gets_the_retained_model_at_once(address: BrokerAddress, start_aggregator) -> None:  # type: ignore[no-untyped-def]
+def test_late_joiner_gets_the_retained_model_at_once(
+    address: BrokerAddress, start_aggregator
+) -> None:  # type: ignore[no-untyped-def]
     aggregator = start_aggregator(AggregationConfig.fedasync(alpha=0.5))
     sender = _client(address, "sender", TOPICS.ack("n1"))
     delta = {name: np.full(shape, 0.01, np.float32) for name, shape in SHAPES.items()}
-    sender.publish(TOPICS.update("n1"), encode(UpdateMessage("n1", 1, 0, 10, encode_weights(delta))))
+    sender.publish(
+        TOPICS.update("n1"), encode(UpdateMessage("n1", 1, 0, 10, encode_weights(delta)))
+    )
     assert decode(_next(sender).payload, AckMessage).accepted
     sender.stop()
     _wait_for(lambda: aggregator.core.version == 1, what="version 1")
@@ -165,7 +172,8 @@ def _wrong_shape_update() -> bytes:
 
 
 def test_hostile_updates_are_rejected_with_reasons_and_change_nothing(
-    address: BrokerAddress, start_aggregator  # type: ignore[no-untyped-def]
+    address: BrokerAddress,
+    start_aggregator,  # type: ignore[no-untyped-def]
 ) -> None:
     aggregator = start_aggregator(AggregationConfig.fedasync(alpha=0.5))
     watcher = _client(address, "watcher", TOPICS.model)
@@ -185,7 +193,9 @@ def test_hostile_updates_are_rejected_with_reasons_and_change_nothing(
     assert aggregator.model_digest() == digest_before
     assert aggregator.core.version == 0
     assert dict(aggregator.core.counters.rejected) == {
-        "malformed": 1, "non_finite": 1, "wrong_shape": 1
+        "malformed": 1,
+        "non_finite": 1,
+        "wrong_shape": 1,
     }
     assert watcher.receive(0.3) is None, "a rejected update must not publish a model"
     assert aggregator.thread.is_alive()

@@ -17,7 +17,9 @@ SHAPES = {"W": (3, 2), "b": (2,)}
 def _core(config: AggregationConfig | None = None, **kw) -> AggregatorCore:  # type: ignore[no-untyped-def]
     task = TrainingTask("toy", "softmax", SHAPES)
     initial = {name: np.zeros(shape, np.float32) for name, shape in SHAPES.items()}
-    return AggregatorCore(task, BufferedAggregator(config or AggregationConfig.fedbuff(2), initial), **kw)
+    return AggregatorCore(
+        task, BufferedAggregator(config or AggregationConfig.fedbuff(2), initial), **kw
+    )
 
 
 def _delta(value: float = 1.0) -> dict[str, np.ndarray]:
@@ -47,16 +49,29 @@ def test_valid_updates_are_accepted_and_step_the_model_at_k() -> None:
     ("payload", "reason"),
     [
         (b"\xc1garbage", RejectReason.MALFORMED),
-        (encode(UpdateMessage("n1", 1, 0, 5, encode_weights({"W": np.zeros((2, 3), np.float32),
-                                                           "b": np.zeros(2, np.float32)}))),
-         RejectReason.WRONG_SHAPE),
+        (
+            encode(
+                UpdateMessage(
+                    "n1",
+                    1,
+                    0,
+                    5,
+                    encode_weights(
+                        {"W": np.zeros((2, 3), np.float32), "b": np.zeros(2, np.float32)}
+                    ),
+                )
+            ),
+            RejectReason.WRONG_SHAPE,
+        ),
         (_update(value=float("nan")), RejectReason.NON_FINITE),
         (_update(value=float("inf")), RejectReason.NON_FINITE),
         (_update(node="someone-else"), RejectReason.NODE_MISMATCH),
         (_update(base=7), RejectReason.FUTURE_BASE),
         (_update(samples=0), RejectReason.BAD_SAMPLES),
-        (_update(tensors=(WireTensor("W", "float32", (3, 2), "f32", b"\0" * 24),)),
-         RejectReason.WRONG_SHAPE),
+        (
+            _update(tensors=(WireTensor("W", "float32", (3, 2), "f32", b"\0" * 24),)),
+            RejectReason.WRONG_SHAPE,
+        ),
     ],
 )
 def test_bad_updates_are_rejected_with_reason_and_leave_the_model_alone(

@@ -7,14 +7,15 @@ from __future__ import annotations
 import naive
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fedbus.broker.errors import KernelInputError
 from fedbus.kernels.softmax import (
     softmax_cross_entropy_grad,
     softmax_predict_proba,
     softmax_sgd_epoch,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 RTOL = 1e-4
 ATOL = 1e-5

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fedbus.broker.errors import KernelInputError
 from fedbus.node.learners import Learner, SoftmaxRegression
 

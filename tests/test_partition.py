@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fedbus.node.partition import dirichlet_partition, iid_partition
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from fedbus.node.partition import dirichlet_partition, iid_partition
 
 
 def _assert_exact_cover(parts: list[np.ndarray], num_samples: int) -> None:
@@ -38,7 +39,8 @@ def test_iid_is_the_specified_permutation_split() -> None:
 @given(
     st.integers(2, 12),
     st.integers(1, 15),
-    st.sampled_from([0.1, 0.5, 1.0, 100.0]),
+    # alpha 0.1 over few classes can make min_samples unreachable (tested below).
+    st.sampled_from([0.5, 1.0, 100.0]),
     st.integers(0, 2**31 - 1),
 )
 def test_dirichlet_covers_every_sample_once_and_honours_min_samples(
@@ -49,6 +51,12 @@ def test_dirichlet_covers_every_sample_once_and_honours_min_samples(
     assert len(parts) == num_nodes
     _assert_exact_cover(parts, len(labels))
     assert min(len(p) for p in parts) >= 5
+
+
+def test_dirichlet_says_so_when_min_samples_cannot_be_met() -> None:
+    labels = np.random.default_rng(0).integers(0, 2, 400)
+    with pytest.raises(ValueError, match="gave every node 5 samples"):
+        dirichlet_partition(labels, 12, alpha=0.1, seed=0, min_samples=5)
 
 
 def test_dirichlet_is_deterministic_for_a_seed_and_varies_across_seeds() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fedbus.node.datasets import ReferenceTask, load_digits_task
 from fedbus.node.learners import SoftmaxRegression
 from fedbus.node.local_work import local_shuffle_rng, straggler_delay
