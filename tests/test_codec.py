@@ -14,6 +14,10 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
 from fedbus.broker.codec import DEFAULT_LIMITS, DecodeLimits, decode, encode, unpack_map
 from fedbus.broker.errors import CodecError, UnsupportedVersionError
 from fedbus.broker.messages import (
@@ -29,9 +33,6 @@ from fedbus.broker.messages import (
     UpdateMessage,
 )
 from fedbus.broker.tensors import WireTensor, encode_f32, encode_weights
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 TASK = TrainingTask("demo", "softmax", {"W": (2, 3), "b": (3,)}, 2, 8, 0.05)
 

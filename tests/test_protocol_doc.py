@@ -15,13 +15,15 @@ from typing import Any
 
 import msgpack
 import pytest
+
 from fedbus.broker.codec import decode, encode
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
 MIN_EXAMPLES = 5
 
 _BLOCK = re.compile(
-    r"^```(?P<kind>json|hex)[ \t]+example=(?P<name>[A-Za-z0-9_.-]+)[ \t]*\n(?P<body>.*?)^```[ \t]*$",
+    r"^```(?P<kind>json|hex)[ \t]+example=(?P<name>[A-Za-z0-9_.-]+)[ \t]*\n"
+    r"(?P<body>.*?)^```[ \t]*$",
     re.MULTILINE | re.DOTALL,
 )
 
