@@ -27,6 +27,17 @@ from fedbus.broker.tensors import encode_weights
 log = logging.getLogger(__name__)
 
 
+_NOT_A_VERDICT = frozenset(
+    {
+        RejectReason.MALFORMED,
+        RejectReason.UNSUPPORTED_VERSION,
+        RejectReason.OVERSIZE,
+        RejectReason.NODE_MISMATCH,
+        RejectReason.REPLAY,
+    }
+)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What the daemon must publish after one update."""
@@ -116,6 +127,18 @@ class AggregatorCore:
             reason=rejection.reason,
             detail=rejection.detail[:200],
         )
-        if rejection.seq is not None and rejection.reason is not RejectReason.REPLAY:
+        if self._is_own_decision(topic_node, rejection):
             self.decisions[topic_node] = ack
         return Outcome(ack, False)
+
+    def _is_own_decision(self, topic_node: str, rejection: Rejection) -> bool:
+        """Remember a rejection as the node's verdict for its seq only when it is one.
+
+        An unreadable payload, a body naming another node or a replay says
+        nothing about the node's own update with that seq; remembering it would
+        let a stray message overwrite the verdict a genuine resend must get.
+        """
+        if rejection.seq is None or rejection.reason in _NOT_A_VERDICT:
+            return False
+        previous = self.decisions.get(topic_node)
+        return previous is None or previous.seq is None or rejection.seq > previous.seq

@@ -45,15 +45,24 @@ class AggregatorDaemon:
             f"fedbus-{self.topics.fleet}-aggregator",
             settings.address,
             persistent_session=True,
-            will=LastWill(self.topics.aggregator_status, self._status_payload("offline")),
+            # The will is fixed at connect time, so it carries no counters: a
+            # status with state "offline" says the daemon is gone, nothing more.
+            will=LastWill(
+                self.topics.aggregator_status,
+                encode(AggregatorStatus("offline", self.core.version, self._mode)),
+            ),
         )
+
+    @property
+    def _mode(self) -> str:
+        return self.core.aggregator.config.mode.value
 
     def _status_payload(self, state: str) -> bytes:
         return encode(
             AggregatorStatus(
                 state=state,
                 version=self.core.version,
-                mode=self.core.aggregator.config.mode.value,
+                mode=self._mode,
                 counters={
                     **self.core.counters.as_dict(),
                     "applied": self.core.aggregator.applied_updates,
@@ -83,9 +92,14 @@ class AggregatorDaemon:
         self.client.subscribe(self.topics.all_nodes(Channel.UPDATE), qos=1)
         self.client.start()
         self.client.wait_connected(self.settings.connect_timeout)
-        self.publish_model()
+        announced_connection = 0
         try:
             while not self.stopping.is_set():
+                if self.client.connect_count != announced_connection:
+                    # First connect, or back after a broker restart that may have lost
+                    # the retained model and replaced the status with the last will.
+                    announced_connection = self.client.connect_count
+                    self.publish_model()
                 received = self.client.receive(timeout=0.05)
                 now = time.monotonic()
                 if received is not None:

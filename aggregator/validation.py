@@ -14,8 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedbus.broker.codec import DecodeLimits, decode
-from fedbus.broker.errors import CodecError, ShapeMismatchError, UnsupportedVersionError
+from fedbus.broker.codec import DecodeLimits, decode, unpack_map
+from fedbus.broker.errors import (
+    CodecError,
+    PayloadTooLargeError,
+    ShapeMismatchError,
+    UnsupportedVersionError,
+)
 from fedbus.broker.messages import RejectReason, UpdateMessage
 from fedbus.broker.tensors import decode_weights
 
@@ -50,9 +55,24 @@ def decode_update(payload: bytes, limits: DecodeLimits) -> UpdateMessage | Rejec
     try:
         return decode(payload, UpdateMessage, limits)
     except UnsupportedVersionError as exc:
-        return Rejection(RejectReason.UNSUPPORTED_VERSION, str(exc))
+        return Rejection(RejectReason.UNSUPPORTED_VERSION, str(exc), _readable_seq(payload, limits))
+    except PayloadTooLargeError as exc:
+        return Rejection(RejectReason.OVERSIZE, str(exc))
     except CodecError as exc:
-        return Rejection(RejectReason.MALFORMED, str(exc))
+        return Rejection(RejectReason.MALFORMED, str(exc), _readable_seq(payload, limits))
+
+
+def _readable_seq(payload: bytes, limits: DecodeLimits) -> int | None:
+    """The `seq` of an otherwise unusable update, if it can be read at all.
+
+    Echoing it in the rejecting ack lets the sender match the verdict to its
+    pending update instead of resending the same broken bytes forever.
+    """
+    try:
+        seq = unpack_map(payload, limits).get("seq")
+    except CodecError:
+        return None
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 2**63 else None
 
 
 def validate_update(

@@ -16,7 +16,12 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from fedbus.broker.errors import CodecError, ProtocolError, UnsupportedVersionError
+from fedbus.broker.errors import (
+    CodecError,
+    PayloadTooLargeError,
+    ProtocolError,
+    UnsupportedVersionError,
+)
 from fedbus.broker.messages import (
     PROTOCOL_VERSION,
     AckMessage,
@@ -30,7 +35,7 @@ from fedbus.broker.messages import (
     TrainingTask,
     UpdateMessage,
 )
-from fedbus.broker.tensors import SUPPORTED_CODECS, WireTensor
+from fedbus.broker.tensors import FLOAT32, SUPPORTED_CODECS, WireTensor
 
 
 @dataclass(frozen=True)
@@ -166,10 +171,17 @@ def _non_negative(body: Mapping[str, Any], key: str, where: str) -> int:
     return value
 
 
+def _optional_non_negative(body: Mapping[str, Any], key: str, where: str) -> int | None:
+    return None if body.get(key) is None else _non_negative(body, key, where)
+
+
 def _shape(raw: Any, where: str, limits: DecodeLimits) -> tuple[int, ...]:
     if not isinstance(raw, list) or len(raw) > limits.max_tensor_rank:
         raise CodecError(f"{where}: shape must be a list of at most {limits.max_tensor_rank} ints")
-    if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in raw):
+    if any(
+        isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= limits.max_tensor_elements
+        for d in raw
+    ):
         raise CodecError(f"{where}: shape entries must be non-negative ints, got {raw}")
     if math.prod(raw) > limits.max_tensor_elements:
         raise CodecError(f"{where}: shape {raw} exceeds {limits.max_tensor_elements} elements")
@@ -184,9 +196,12 @@ def _tensor(raw: Any, limits: DecodeLimits) -> WireTensor:
     codec = _get(raw, "codec", str, where)
     if codec not in SUPPORTED_CODECS:
         raise CodecError(f"{where}: unsupported codec {codec!r}")
+    dtype = _get(raw, "dtype", str, where)
+    if dtype != FLOAT32:
+        raise CodecError(f"{where}: unsupported dtype {dtype!r}")
     tensor = WireTensor(
         name=name,
-        dtype=_get(raw, "dtype", str, where),
+        dtype=dtype,
         shape=_shape(raw.get("shape"), where, limits),
         codec=codec,
         data=_get(raw, "data", bytes, where),
@@ -213,6 +228,8 @@ def _task(raw: Any, limits: DecodeLimits) -> TrainingTask:
         if not isinstance(entry, dict):
             raise CodecError("task: weights entries must be maps")
         name = _get(entry, "name", str, "task weight")
+        if name in shapes:
+            raise CodecError(f"task: weight {name!r} listed twice")
         shapes[name] = _shape(entry.get("shape"), f"task weight {name!r}", limits)
     return TrainingTask(
         name=_get(raw, "name", str, "task"),
@@ -252,7 +269,7 @@ def _ack(body: Mapping[str, Any], limits: DecodeLimits) -> AckMessage:
         raise CodecError(f"ack: unknown reason {reason!r}") from None
     return AckMessage(
         node=_get(body, "node", str, "ack"),
-        seq=_optional(body, "seq", int, "ack"),
+        seq=_optional_non_negative(body, "seq", "ack"),
         accepted=_get(body, "accepted", bool, "ack"),
         version=_non_negative(body, "version", "ack"),
         reason=parsed_reason,
@@ -270,8 +287,19 @@ def _node_status(body: Mapping[str, Any], limits: DecodeLimits) -> NodeStatus:
     return NodeStatus(
         node=_get(body, "node", str, "node_status"),
         state=parsed_state,
-        version=_optional(body, "version", int, "node_status"),
+        version=_optional_non_negative(body, "version", "node_status"),
     )
+
+
+def _counters(raw: dict[str, Any]) -> dict[str, Any]:
+    """Counters are numbers or maps of numbers (histograms, per-reason counts)."""
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in value.values()):
+                raise CodecError(f"aggregator_status: counter map {key!r} must hold integers")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CodecError(f"aggregator_status: counter {key!r} must be a number or a map")
+    return raw
 
 
 def _aggregator_status(body: Mapping[str, Any], limits: DecodeLimits) -> AggregatorStatus:
@@ -279,7 +307,7 @@ def _aggregator_status(body: Mapping[str, Any], limits: DecodeLimits) -> Aggrega
         state=_get(body, "state", str, "aggregator_status"),
         version=_non_negative(body, "version", "aggregator_status"),
         mode=_optional(body, "mode", str, "aggregator_status") or "",
-        counters=_optional(body, "counters", dict, "aggregator_status") or {},
+        counters=_counters(_optional(body, "counters", dict, "aggregator_status") or {}),
     )
 
 
@@ -292,15 +320,26 @@ _DECODERS = {
 }
 
 
+def _string_keyed_map(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+    """Map hook for the unpacker: keys must be strings and must not repeat."""
+    body = dict(pairs)
+    if len(body) != len(pairs) or not all(isinstance(key, str) for key, _ in pairs):
+        raise ValueError("map keys must be distinct strings")
+    return body
+
+
 def unpack_map(payload: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> dict[str, Any]:
     """Unpack one payload into a map under explicit limits; no ext types, no trailing bytes."""
     if len(payload) > limits.max_payload_bytes:
-        raise CodecError(f"payload of {len(payload)} bytes exceeds {limits.max_payload_bytes}")
+        raise PayloadTooLargeError(
+            f"payload of {len(payload)} bytes exceeds {limits.max_payload_bytes}"
+        )
     try:
         body = msgpack.unpackb(
             payload,
             raw=False,
             strict_map_key=True,
+            object_pairs_hook=_string_keyed_map,
             use_list=True,
             max_bin_len=limits.max_payload_bytes,
             max_str_len=limits.max_str_len,

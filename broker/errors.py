@@ -37,5 +37,9 @@ class UnsupportedVersionError(CodecError):
     """A message carries a protocol version this build does not speak."""
 
 
+class PayloadTooLargeError(CodecError):
+    """A payload exceeds the receiver's configured size limit; it is not even parsed."""
+
+
 class ShapeMismatchError(CodecError):
     """Tensors decode fine but do not fit the model they claim to update."""

@@ -95,12 +95,12 @@ class EdgeNode:
         self.before_send = before_send
         self.progress = NodeProgress()
         self.stopping = threading.Event()
-        self.paused = threading.Event()  # set: the node does no work (simulated dropout)
         self.latest_model: ModelMessage | None = None
         self.learner: Learner | None = None
         self.seq = 0
         self._trained_version: int | None = None
         self._pending: tuple[int, bytes, float] | None = None  # seq, payload, sent at
+        self._announced_connection = 0
         self.client = BusClient(
             f"fedbus-{self.topics.fleet}-node-{self.node_id}",
             settings.address,
@@ -124,7 +124,6 @@ class EdgeNode:
         self.start()
         try:
             self.client.wait_connected(self.settings.connect_timeout)
-            self._publish_status(NodeState.ONLINE)
             while not self.stopping.is_set():
                 self.step(timeout=0.05)
         finally:
@@ -141,8 +140,13 @@ class EdgeNode:
         while received is not None:
             self._take(received.topic, received.payload)
             received = self.client.receive(timeout=0)
-        if self.paused.is_set():
-            return
+        if (
+            self.client.connect_count != self._announced_connection
+            and self.client.connected.is_set()
+        ):
+            # After every (re)connect: replace the retained last will "offline".
+            self._announced_connection = self.client.connect_count
+            self._publish_status(NodeState.ONLINE, self._trained_version)
         if self._pending is not None:
             seq, payload, sent_at = self._pending
             if time.monotonic() - sent_at > self.settings.ack_timeout:
@@ -174,6 +178,9 @@ class EdgeNode:
             if channel is Channel.MODEL:
                 model = decode(payload, ModelMessage)
                 if self.latest_model is None or model.version > self.latest_model.version:
+                    # A model this node cannot run must not reach the training loop.
+                    build_learner(model.task)
+                    decode_weights(model.tensors, model.task.weight_shapes)
                     self.latest_model = model
             elif channel is Channel.ACK:
                 self._take_ack(decode(payload, AckMessage))

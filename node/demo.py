@@ -167,6 +167,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     """Run one demo and return its summary (also written to the run folder)."""
     if args.nodes < 1:
         raise ConfigError("--nodes must be >= 1")
+    if args.mode == "sync" and args.dropout > 0 and args.deadline is None:
+        raise ConfigError("--mode sync with --dropout needs --deadline: a round waits for all")
     heterogeneity = Heterogeneity(
         straggler_scale=args.straggler_scale,
         slow_fraction=args.slow_fraction,

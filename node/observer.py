@@ -74,15 +74,19 @@ class ModelObserver:
                     if score is not None:
                         new.append(score)
                 elif channel is Channel.AGGREGATOR_STATUS:
-                    status = decode(received.payload, AggregatorStatus)
-                    self.status = status
-                    applied = status.counters.get("applied")
-                    if isinstance(applied, int):
-                        self.applied_at_version.setdefault(status.version, applied)
+                    self._take_status(decode(received.payload, AggregatorStatus))
             except (CodecError, ProtocolError):
                 pass
             received = self.client.receive(0)
         return new
+
+    def _take_status(self, status: AggregatorStatus) -> None:
+        if not status.counters:
+            return  # a last will: the daemon is gone, its counters are unknown
+        self.status = status
+        applied = status.counters.get("applied")
+        if isinstance(applied, int):
+            self.applied_at_version.setdefault(status.version, applied)
 
     def _score(self, model: ModelMessage, arrived: float) -> VersionScore | None:
         if self.latest is not None and model.version <= self.latest.version:

@@ -140,3 +140,29 @@ def test_sync_mode_accepts_one_update_per_node_per_round_and_only_fresh_ones() -
     assert core.handle_update("n2", _update("n2", seq=1)).model_changed
     late = core.handle_update("n3", _update("n3", seq=1, base=0))
     assert late.ack.reason is RejectReason.STALE and core.version == 1
+
+
+def test_oversize_payload_is_its_own_reason() -> None:
+    from fedbus.broker.codec import DecodeLimits
+
+    core = _core(limits=DecodeLimits(max_payload_bytes=64))
+    outcome = core.handle_update("n1", _update())
+    assert outcome.ack.reason is RejectReason.OVERSIZE and outcome.ack.seq is None
+
+
+def test_rejecting_ack_echoes_a_readable_seq_of_a_broken_update() -> None:
+    broken = encode(UpdateMessage("n1", 7, 0, 5, encode_weights(_delta())))
+    broken = broken.replace(b"\xa7float32", b"\xa7float64")
+    outcome = _core().handle_update("n1", broken)
+    assert outcome.ack.reason is RejectReason.MALFORMED and outcome.ack.seq == 7
+
+
+def test_a_stray_message_cannot_overwrite_the_verdict_a_resend_must_get() -> None:
+    core = _core(AggregationConfig.fedasync(alpha=1.0))
+    genuine = _update("n1", seq=3)
+    assert core.handle_update("n1", genuine).ack.accepted
+    # Someone publishes on update/n1 with n1's seq but another node in the body.
+    stray = core.handle_update("n1", _update("n2", seq=3))
+    assert stray.ack.reason is RejectReason.NODE_MISMATCH
+    resend = core.handle_update("n1", genuine)
+    assert resend.ack.accepted and resend.ack.duplicate and core.counters.accepted == 1
