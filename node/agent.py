@@ -162,8 +162,10 @@ class EdgeNode:
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Answer from the latest model this node holds; works while offline."""
-        if self.learner is None or self.latest_model is None:
+        if self.latest_model is None:
             raise ProtocolError(f"{self.node_id}: no model received yet")
+        if self.learner is None:
+            self.learner = build_learner(self.latest_model.task)
         self.learner.set_weights(
             decode_weights(self.latest_model.tensors, self.latest_model.task.weight_shapes)
         )
