@@ -69,8 +69,8 @@ class BusClient:
         persistent_session: bool = True,
         will: LastWill | None = None,
         inbox_size: int = 1024,
-        reconnect_min_delay: float = 0.2,
-        reconnect_max_delay: float = 10.0,
+        reconnect_min_delay: int = 1,
+        reconnect_max_delay: int = 30,
     ) -> None:
         self.client_id = client_id
         self.address = address
