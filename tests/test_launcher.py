@@ -14,7 +14,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fedbus.broker.errors import BrokerError, ConfigError
-from fedbus.broker.launcher import ManagedBroker, derive_config, free_port
+from fedbus.broker.launcher import ManagedBroker, free_port
+from fedbus.broker.mosquitto_config import derive_config
 
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "mosquitto.conf"
 BrokerFactory = Callable[..., ManagedBroker]
