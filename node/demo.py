@@ -8,6 +8,9 @@ fedbus.aggregator`), the fleet as threads with one MQTT connection each, and
 an observer that scores every published model version on the 360 test
 samples. It stops at the target accuracy (or the time limit) and writes a
 run folder with summary.json, scores.csv and accuracy.png.
+
+Exit status: 0 when the target was reached, 3 when it was not, 1 when a part
+failed (broker, aggregator), 2 for a bad option.
 """
 
 from __future__ import annotations
