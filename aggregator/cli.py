@@ -15,6 +15,7 @@ from fedbus.broker.cli_common import (
     add_bus_arguments,
     add_logging_arguments,
     bus_from_args,
+    command_main,
     setup_logging,
     stop_on_signals,
 )
@@ -134,10 +135,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fedbus aggregator", description=__doc__)
-    configure_parser(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except ConfigError as exc:
-        parser.exit(2, f"fedbus aggregator: error: {exc}\n")
+    return command_main("fedbus aggregator", __doc__, configure_parser, run, argv)

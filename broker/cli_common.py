@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from fedbus.broker.client import BrokerAddress
 from fedbus.broker.errors import ConfigError
@@ -32,8 +34,6 @@ def add_bus_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def bus_from_args(args: argparse.Namespace) -> tuple[BrokerAddress, Topics]:
-    import os
-
     try:
         topics = Topics(args.fleet)
     except Exception as exc:
@@ -87,3 +87,20 @@ def stop_on_signals(stopping: threading.Event) -> None:
 
     signal.signal(signal.SIGTERM, _handler)
     signal.signal(signal.SIGINT, _handler)
+
+
+def command_main(
+    prog: str,
+    description: str | None,
+    configure_parser: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+    argv: list[str] | None,
+) -> int:
+    """Parse `argv` for one subcommand and run it; a ConfigError exits 2 naming the field."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    configure_parser(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except ConfigError as exc:
+        parser.exit(2, f"{prog}: error: {exc}\n")

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from fedbus.broker.cli_common import command_main
 from fedbus.broker.errors import BrokerError, ConfigError
 from fedbus.broker.launcher import DEFAULT_CONFIG, ManagedBroker
 
@@ -99,6 +100,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fedbus broker", description=__doc__)
-    configure_parser(parser)
-    return run(parser.parse_args(argv))
+    return command_main("fedbus broker", __doc__, configure_parser, run, argv)

@@ -96,6 +96,7 @@ class EdgeNode:
         self.progress = NodeProgress()
         self.stopping = threading.Event()
         self.latest_model: ModelMessage | None = None
+        self.latest_weights: dict[str, np.ndarray] = {}
         self.learner: Learner | None = None
         self.seq = 0
         self._trained_version: int | None = None
@@ -156,20 +157,30 @@ class EdgeNode:
             return
         model = self.latest_model
         if model is not None and model.version != self._trained_version:
-            self._train_and_send(model)
+            self._train_and_send(model, self.latest_weights)
 
     # ------------------------------------------------------------ inference
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Answer from the latest model this node holds; works while offline."""
-        if self.latest_model is None:
-            raise ProtocolError(f"{self.node_id}: no model received yet")
         if self.learner is None:
-            self.learner = build_learner(self.latest_model.task)
-        self.learner.set_weights(
-            decode_weights(self.latest_model.tensors, self.latest_model.task.weight_shapes)
-        )
+            raise ProtocolError(f"{self.node_id}: no model received yet")
+        self.learner.set_weights(self.latest_weights)
         return self.learner.predict(features)
+
+    def hold_model(self, model: ModelMessage) -> None:
+        """Make `model` the one this node trains on and answers from.
+
+        The learner and the decoded weights are built first, so a model this
+        node cannot run raises here (CodecError, ProtocolError) and replaces
+        nothing; it never reaches the training loop.
+        """
+        same_task = self.latest_model is not None and self.latest_model.task == model.task
+        learner = (
+            self.learner if same_task and self.learner is not None else build_learner(model.task)
+        )
+        weights = decode_weights(model.tensors, model.task.weight_shapes)
+        self.latest_model, self.latest_weights, self.learner = model, weights, learner
 
     # ------------------------------------------------------------ internals
 
@@ -180,10 +191,7 @@ class EdgeNode:
             if channel is Channel.MODEL:
                 model = decode(payload, ModelMessage)
                 if self.latest_model is None or model.version > self.latest_model.version:
-                    # A model this node cannot run must not reach the training loop.
-                    build_learner(model.task)
-                    decode_weights(model.tensors, model.task.weight_shapes)
-                    self.latest_model = model
+                    self.hold_model(model)
             elif channel is Channel.ACK:
                 self._take_ack(decode(payload, AckMessage))
         except (CodecError, ProtocolError) as exc:
@@ -200,11 +208,9 @@ class EdgeNode:
             self.progress.last_reason = ack.reason.value if ack.reason else None
             log.info("%s: update %s rejected: %s %s", self.node_id, ack.seq, ack.reason, ack.detail)
 
-    def _train_and_send(self, model: ModelMessage) -> None:
+    def _train_and_send(self, model: ModelMessage, base: dict[str, np.ndarray]) -> None:
         task = model.task
-        if self.learner is None:
-            self.learner = build_learner(task)
-        base = decode_weights(model.tensors, task.weight_shapes)
+        assert self.learner is not None  # hold_model built it with the model
         self.learner.set_weights(base)
         run = self.progress.runs + 1  # BENCH-TASK counts local runs k = 1, 2, ...
         self._publish_status(NodeState.TRAINING, model.version)

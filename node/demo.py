@@ -256,6 +256,7 @@ def _summary(
 ) -> dict[str, Any]:
     counters = dict(observer.status.counters) if observer.status else {}
     latest = observer.latest
+    totals = fleet.totals()
     return {
         "task": "digits-20",
         "mode": args.mode,
@@ -277,9 +278,9 @@ def _summary(
         "updates_rejected": counters.get("rejected"),
         "rejected_by_reason": counters.get("rejected_by_reason"),
         "staleness_histogram": counters.get("staleness_histogram"),
-        "bytes_up": fleet.totals().bytes_sent,
-        "bytes_down": fleet.totals().bytes_received,
-        "fleet": asdict(fleet.totals()),
+        "bytes_up": totals.bytes_sent,
+        "bytes_down": totals.bytes_received,
+        "fleet": asdict(totals),
         "run_dir": str(run_dir),
     }
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from fedbus.broker.client import BrokerAddress
 from fedbus.broker.topics import Topics
-from fedbus.node.agent import EdgeNode, NodeProgress, NodeSettings
+from fedbus.node.agent import EdgeNode, NodeSettings
 from fedbus.node.conditions import Heterogeneity, run_conditions, slow_nodes
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,3 @@ class Fleet:
             bytes_sent=total("bytes_sent"),
             bytes_received=total("bytes_received"),
         )
-
-
-__all__ = ["Fleet", "FleetTotals", "Heterogeneity", "NodeProgress"]

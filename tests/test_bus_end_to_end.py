@@ -134,7 +134,7 @@ def test_nodes_and_aggregator_train_end_to_end(address: BrokerAddress, start_agg
     model = decode(_next(watcher).payload, ModelMessage)
     watcher.stop()
     assert model.version == aggregator.core.version
-    nodes[0].latest_model = model
+    nodes[0].hold_model(model)
     accuracy = float(np.mean(nodes[0].predict(task.X_test) == task.y_test))
     assert accuracy > 0.85, accuracy
 
