@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 
 from fedbus.aggregator.buffer import AggregationConfig, AggregationMode, BufferedAggregator
+from fedbus.aggregator.checkpoint import CheckpointError
 from fedbus.aggregator.core import AggregatorCore
 from fedbus.aggregator.daemon import AggregatorDaemon, DaemonSettings
 from fedbus.aggregator.staleness import StalenessKind, StalenessWeighting
+from fedbus.aggregator.store import AggregatorStore
 from fedbus.broker.cli_common import (
     add_bus_arguments,
     add_logging_arguments,
@@ -80,7 +84,36 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="ID",
         help="enrolled node id (repeat); default: any valid id",
     )
+    durability = parser.add_argument_group("durability")
+    durability.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="journal and checkpoints; an existing state is resumed "
+        "(default: $XDG_STATE_HOME/fedbus/<fleet>/aggregator)",
+    )
+    durability.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=10,
+        metavar="VERSIONS",
+        help="write a checkpoint every N model versions (default 10)",
+    )
+    durability.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=None,
+        metavar="N",
+        help="prune all but the newest N checkpoints and their journals "
+        "(default: keep the whole history, which lets it be replayed and audited)",
+    )
     add_logging_arguments(parser)
+
+
+def default_state_dir(fleet: str) -> Path:
+    """Where an aggregator keeps its state unless told otherwise (XDG base dirs)."""
+    root = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(root) / "fedbus" / fleet / "aggregator"
 
 
 def aggregation_config(args: argparse.Namespace) -> AggregationConfig:
@@ -112,11 +145,34 @@ def build_daemon(args: argparse.Namespace) -> AggregatorDaemon:
             known = frozenset(validate_id(n) for n in args.allow_node)
     except ProtocolError as exc:
         raise ConfigError(str(exc)) from None
+    if args.checkpoint_every < 1:
+        raise ConfigError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
+    if args.keep_checkpoints is not None and args.keep_checkpoints < 1:
+        raise ConfigError(f"--keep-checkpoints must be >= 1, got {args.keep_checkpoints}")
     initial = {name: np.zeros(shape, dtype=np.float32) for name, shape in shapes.items()}
     core = AggregatorCore(
         task, BufferedAggregator(aggregation_config(args), initial), known_nodes=known
     )
-    return AggregatorDaemon(core, DaemonSettings(address, topics, flush_after=args.flush_after))
+    state_dir = args.state_dir or default_state_dir(topics.fleet)
+    store = AggregatorStore(state_dir, keep_checkpoints=args.keep_checkpoints)
+    try:
+        recovery = store.recover(core)
+    except CheckpointError as exc:
+        raise ConfigError(
+            f"--state-dir {state_dir}: {exc}. Resume with the original settings, "
+            "or give a new --state-dir for a new run."
+        ) from None
+    log.info(
+        "state in %s: %s",
+        state_dir,
+        "fresh start"
+        if recovery.fresh
+        else f"resumed at version {core.version} ({recovery.replayed} journal entries replayed)",
+    )
+    settings = DaemonSettings(
+        address, topics, flush_after=args.flush_after, checkpoint_every=args.checkpoint_every
+    )
+    return AggregatorDaemon(core, settings, store)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,7 +1,14 @@
 """The aggregator daemon: a thin loop around `AggregatorCore`.
 
-receive -> core.handle_update -> publish ack (and the new model). paho's
-network thread only fills the inbox (see fedbus.broker.client); all
+Each turn takes a batch of received messages and runs them through the
+core, appends the accepted ones (and any deadline flush) to the journal,
+fsyncs once for the whole batch (group commit), and only then sends the
+acks, the broker PUBACKs (the client runs with manual_ack) and the new
+model. So nothing leaves the daemon that a crash could take back: an ack
+a node holds is for an update on disk, and a message the daemon dies
+with before the fsync was never PUBACKed, so the broker delivers it again.
+
+paho's network thread only fills the inbox (see fedbus.broker.client); all
 decoding and arithmetic run on the thread that calls `run`.
 """
 
@@ -13,10 +20,11 @@ import time
 from dataclasses import dataclass
 
 from fedbus.aggregator.core import AggregatorCore
-from fedbus.broker.client import BrokerAddress, BusClient, LastWill
+from fedbus.aggregator.store import AggregatorStore
+from fedbus.broker.client import BrokerAddress, BusClient, LastWill, Received
 from fedbus.broker.codec import encode
 from fedbus.broker.errors import ProtocolError
-from fedbus.broker.messages import AggregatorStatus
+from fedbus.broker.messages import AckMessage, AggregatorStatus
 from fedbus.broker.topics import Channel, Topics
 
 log = logging.getLogger(__name__)
@@ -30,21 +38,37 @@ class DaemonSettings:
     #: Apply a partial buffer when its oldest update has waited this long (None: never).
     flush_after: float | None = None
     connect_timeout: float = 30.0
+    #: Write a checkpoint (and start a new journal segment) every N model versions.
+    checkpoint_every: int = 10
+    #: Most messages decided per group commit (one fsync each batch).
+    max_batch: int = 256
 
 
 class AggregatorDaemon:
-    def __init__(self, core: AggregatorCore, settings: DaemonSettings) -> None:
+    def __init__(
+        self,
+        core: AggregatorCore,
+        settings: DaemonSettings,
+        store: AggregatorStore | None = None,
+    ) -> None:
+        """`store` must already hold the recovered state (`store.recover(core)`).
+
+        Without a store nothing is durable: only for tests of pure behaviour.
+        """
         self.core = core
         self.settings = settings
+        self.store = store
+        self._checkpointed_version = core.version
         self.topics = settings.topics
         self.stopping = threading.Event()
         self._status_due = 0.0
         self._status_dirty = True
-        self._buffer_since: float | None = None
+        self._buffer_since: float | None = time.monotonic() if core.aggregator.buffered else None
         self.client = BusClient(
             f"fedbus-{self.topics.fleet}-aggregator",
             settings.address,
             persistent_session=True,
+            manual_ack=store is not None,
             # The will is fixed at connect time, so it carries no counters: a
             # status with state "offline" says the daemon is gone, nothing more.
             will=LastWill(
@@ -100,41 +124,87 @@ class AggregatorDaemon:
                     # the retained model and replaced the status with the last will.
                     announced_connection = self.client.connect_count
                     self.publish_model()
-                received = self.client.receive(timeout=0.05)
-                now = time.monotonic()
-                if received is not None:
-                    self._handle(received.topic, received.payload, now)
-                self._maybe_flush(now)
-                if self._status_dirty and now >= self._status_due:
-                    self.publish_status()
-                    self._status_due = now + self.settings.status_interval
+                self._turn(self._receive_batch())
         finally:
+            if self.store is not None:
+                self.store.close(self.core)
             self.publish_status("stopped")
             self.client.stop()
 
-    def _handle(self, topic: str, payload: bytes, now: float) -> None:
+    def _receive_batch(self) -> list[Received]:
+        first = self.client.receive(timeout=0.05)
+        if first is None:
+            return []
+        batch = [first]
+        while len(batch) < self.settings.max_batch:
+            more = self.client.receive(timeout=0)
+            if more is None:
+                break
+            batch.append(more)
+        return batch
+
+    def _turn(self, batch: list[Received]) -> None:
+        """Decide a batch, make it durable, then answer it (see module docstring)."""
+        now = time.monotonic()
+        acks: list[AckMessage] = []
+        model_changed = False
+        for received in batch:
+            ack, stepped = self._decide(received.topic, received.payload)
+            model_changed |= stepped
+            if ack is not None:
+                acks.append(ack)
+        model_changed |= self._maybe_flush(now)
+        if model_changed:
+            self._buffer_since = None
+        if self.core.aggregator.buffered and self._buffer_since is None:
+            self._buffer_since = now
+        if self.store is not None:
+            self.store.commit()
+        if model_changed:
+            # Before the acks: a node that reads "accepted, version N" in its ack
+            # then finds version N already retained on the model topic.
+            self.publish_model()
+            self._maybe_checkpoint()
+        for ack in acks:
+            self._publish(self.topics.ack(ack.node), encode(ack))
+        for received in batch:
+            self.client.ack(received)
+        if acks:
+            self._status_dirty = True
+        if self._status_dirty and now >= self._status_due:
+            self.publish_status()
+            self._status_due = now + self.settings.status_interval
+
+    def _decide(self, topic: str, payload: bytes) -> tuple[AckMessage | None, bool]:
+        """(ack to send, model moved) for one message; journals an accepted update."""
         try:
             channel, node = self.topics.parse(topic)
         except ProtocolError as exc:
             self.core.counters.bad_topics += 1
             log.warning("ignored message on bad topic: %s", exc)
-            return
+            return None, False
         if channel is not Channel.UPDATE or node is None:
-            return
+            return None, False
         outcome = self.core.handle_update(node, payload)
-        self._publish(self.topics.ack(node), encode(outcome.ack))
-        self._status_dirty = True
-        if outcome.model_changed:
-            self._buffer_since = None
-            self.publish_model()
-        elif self.core.aggregator.buffered and self._buffer_since is None:
-            self._buffer_since = now
+        if self.store is not None and outcome.ack.accepted and not outcome.ack.duplicate:
+            self.store.log_accepted(node, payload)
+        return outcome.ack, outcome.model_changed
 
-    def _maybe_flush(self, now: float) -> None:
+    def _maybe_flush(self, now: float) -> bool:
         deadline = self.settings.flush_after
         if deadline is None or self._buffer_since is None or now - self._buffer_since < deadline:
-            return
+            return False
         self._buffer_since = None
-        if self.core.flush():
-            log.info("deadline flush of a partial buffer")
-            self.publish_model()
+        if not self.core.flush():
+            return False
+        if self.store is not None:
+            self.store.log_flush()
+        log.info("deadline flush of a partial buffer")
+        return True
+
+    def _maybe_checkpoint(self) -> None:
+        if self.store is None:
+            return
+        if self.core.version - self._checkpointed_version >= self.settings.checkpoint_every:
+            self.store.checkpoint(self.core)
+            self._checkpointed_version = self.core.version

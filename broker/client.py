@@ -7,8 +7,17 @@ What it adds to paho, and why:
   so pushes back on the broker instead of dropping messages.
 - subscriptions are remembered and renewed on every (re)connect, so a broker
   that lost the session (restart without persistence) still delivers.
-- `connect_async` plus paho's own reconnect loop with capped backoff, so a
-  device keeps retrying a link that drops out without extra code.
+- `connect_async` plus paho's own reconnect loop, with the wait before each
+  attempt set by `backoff_delay`: capped exponential growth with full
+  jitter, so a thousand devices cut off by one broker restart do not all
+  knock again in the same second.
+- MQTT 5 persistent sessions (`clean_start=False` and a session expiry) by
+  default, so the broker keeps subscriptions and queued QoS 1 messages while
+  a device is away; MQTT 3.1.1 (`clean_session=False`; expiry is then the
+  broker's `persistent_client_expiration`) for brokers without MQTT 5.
+- `manual_ack=True` holds back the broker's PUBACK of a received QoS 1
+  message until the caller says it is safe (the aggregator: after its
+  journal write); the broker redelivers anything unacknowledged.
 - paho's errors become `BrokerError` at this boundary.
 """
 
@@ -16,11 +25,14 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 from dataclasses import dataclass
+from typing import cast
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -48,6 +60,9 @@ class Received:
     payload: bytes
     retain: bool
     qos: int
+    #: Packet id and connection number, for `BusClient.ack` (manual_ack clients).
+    mid: int = 0
+    connection: int = 0
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,24 @@ class LastWill:
     payload: bytes
     qos: int = 1
     retain: bool = True
+
+
+#: MQTT protocol names accepted by `BusClient(protocol=...)`.
+PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
+#: How long the broker keeps a disconnected client's session (MQTT 5): a week
+#: covers a device that is off over a long weekend; after that it starts afresh.
+DEFAULT_SESSION_EXPIRY = 7 * 24 * 3600
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Seconds to wait before reconnect attempt `attempt` (0 = the first).
+
+    Capped exponential backoff with "full jitter" (uniform in [base, ceiling]):
+    spreading the attempts of many devices flattens the reconnect storm after
+    a broker restart, while the first retry stays quick.
+    """
+    ceiling = min(cap, base * 2.0 ** min(attempt, 30))
+    return rng.uniform(base, max(base, ceiling))
 
 
 class BusClient:
@@ -69,28 +102,43 @@ class BusClient:
         persistent_session: bool = True,
         will: LastWill | None = None,
         inbox_size: int = 1024,
-        reconnect_min_delay: int = 1,
-        reconnect_max_delay: int = 30,
+        reconnect_min_delay: float = 0.5,
+        reconnect_max_delay: float = 30.0,
+        protocol: str = "5",
+        session_expiry: int = DEFAULT_SESSION_EXPIRY,
+        manual_ack: bool = False,
     ) -> None:
+        if protocol not in PROTOCOLS:
+            raise BrokerError(f"unknown MQTT protocol {protocol!r}: use one of {list(PROTOCOLS)}")
         self.client_id = client_id
         self.address = address
+        self.protocol = protocol
+        self.persistent_session = persistent_session
+        self.session_expiry = session_expiry if persistent_session else 0
+        self.manual_ack = manual_ack
         self.inbox: queue.Queue[Received] = queue.Queue(maxsize=inbox_size)
         self.connected = threading.Event()
         self.connect_count = 0
         self._subscriptions: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._reconnect_attempt = 0
+        self._reconnect_delays = (reconnect_min_delay, reconnect_max_delay)
+        self._jitter = random.Random()
         self._client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            clean_session=not persistent_session,
-            protocol=paho.MQTTv311,
+            # MQTT 5 takes clean_start at connect time; paho refuses clean_session for it.
+            clean_session=None if protocol == "5" else not persistent_session,
+            protocol=PROTOCOLS[protocol],
+            manual_ack=manual_ack,
         )
         if address.username is not None:
             self._client.username_pw_set(address.username, address.password)
         if will is not None:
             self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
-        self._client.reconnect_delay_set(reconnect_min_delay, reconnect_max_delay)
+        self._schedule_reconnect()
         self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._started = False
@@ -100,9 +148,20 @@ class BusClient:
     def start(self) -> None:
         """Begin connecting in the background; returns at once."""
         try:
-            self._client.connect_async(
-                self.address.host, self.address.port, keepalive=self.address.keepalive
-            )
+            if self.protocol == "5":
+                connect_properties = Properties(PacketTypes.CONNECT)
+                connect_properties.SessionExpiryInterval = self.session_expiry
+                self._client.connect_async(
+                    self.address.host,
+                    self.address.port,
+                    keepalive=self.address.keepalive,
+                    clean_start=not self.persistent_session,
+                    properties=connect_properties,
+                )
+            else:
+                self._client.connect_async(
+                    self.address.host, self.address.port, keepalive=self.address.keepalive
+                )
         except (OSError, ValueError) as exc:
             raise BrokerError(
                 f"cannot connect to {self.address.host}:{self.address.port}: {exc}"
@@ -154,6 +213,16 @@ class BusClient:
             raise BrokerError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
         return info
 
+    def ack(self, message: Received) -> None:
+        """Send the broker's PUBACK for `message` now (manual_ack clients only).
+
+        A message from an earlier connection is skipped: its packet id means
+        nothing on the new one, and the broker redelivers it anyway.
+        """
+        if not self.manual_ack or message.qos == 0 or message.connection != self.connect_count:
+            return
+        self._client.ack(message.mid, message.qos)
+
     def receive(self, timeout: float | None = None) -> Received | None:
         """Next message from the inbox, or None after `timeout` seconds."""
         try:
@@ -179,6 +248,8 @@ class BusClient:
             subscriptions = list(self._subscriptions.items())
         for topic_filter, qos in subscriptions:
             client.subscribe(topic_filter, qos)
+        self._reconnect_attempt = 0
+        self._schedule_reconnect()
         self.connect_count += 1
         self.connected.set()
         log.debug("%s: connected (session present: %s)", self.client_id, flags.session_present)
@@ -194,6 +265,27 @@ class BusClient:
         self.connected.clear()
         if self._started:
             log.info("%s: connection lost (%s), reconnecting", self.client_id, reason_code)
+            self._schedule_reconnect()
+
+    def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
+        self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        """Set the wait before paho's next reconnect attempt (see `backoff_delay`)."""
+        low, high = self._reconnect_delays
+        delay = backoff_delay(self._reconnect_attempt, low, high, self._jitter)
+        self._reconnect_attempt += 1
+        # paho types the delays as int but sleeps on floats; sub-second jitter matters.
+        self._client.reconnect_delay_set(cast(int, delay), cast(int, delay))
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
-        self.inbox.put(Received(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos))
+        self.inbox.put(
+            Received(
+                msg.topic,
+                bytes(msg.payload),
+                bool(msg.retain),
+                msg.qos,
+                msg.mid,
+                self.connect_count,
+            )
+        )

@@ -110,7 +110,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(log_level="WARNING")
 
 
-def _aggregator_command(args: argparse.Namespace, broker: ManagedBroker, fleet: str) -> list[str]:
+def _aggregator_command(
+    args: argparse.Namespace, broker: ManagedBroker, fleet: str, state_dir: Path
+) -> list[str]:
     mode = MODES[args.mode]
     command = [
         sys.executable,
@@ -132,6 +134,8 @@ def _aggregator_command(args: argparse.Namespace, broker: ManagedBroker, fleet: 
         args.staleness,
         "--staleness-a",
         str(args.staleness_a),
+        "--state-dir",
+        str(state_dir),
         "--log-json",
         "--log-level",
         "INFO",
@@ -192,7 +196,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         observer.start()
         aggregator_log = (run_dir / "aggregator.log").open("w")
         aggregator = subprocess.Popen(
-            _aggregator_command(args, broker, topics.fleet),
+            _aggregator_command(args, broker, topics.fleet, run_dir / "aggregator-state"),
             stderr=aggregator_log,
             stdout=subprocess.DEVNULL,
         )

@@ -31,6 +31,7 @@ def _latest_status(client: BusClient, timeout: float) -> AggregatorStatus | None
 
 def test_aggregator_process_publishes_model_and_stops_cleanly_on_sigterm(
     mosquitto_broker,  # type: ignore[no-untyped-def]
+    tmp_path,  # type: ignore[no-untyped-def]
 ) -> None:
     topics = Topics("proc")
     address = BrokerAddress(mosquitto_broker.host, mosquitto_broker.port)
@@ -49,6 +50,8 @@ def test_aggregator_process_publishes_model_and_stops_cleanly_on_sigterm(
             "fedbuff",
             "-K",
             "4",
+            "--state-dir",
+            str(tmp_path / "state"),
         ],
         stderr=subprocess.PIPE,
         text=True,

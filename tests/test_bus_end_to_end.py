@@ -11,6 +11,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ import pytest
 from fedbus.aggregator.buffer import AggregationConfig, BufferedAggregator
 from fedbus.aggregator.core import AggregatorCore
 from fedbus.aggregator.daemon import AggregatorDaemon, DaemonSettings
+from fedbus.aggregator.store import AggregatorStore
 from fedbus.broker.client import BrokerAddress, BusClient, Received
 from fedbus.broker.codec import decode, encode
 from fedbus.broker.layouts import weight_shapes
@@ -49,11 +51,13 @@ def _wait_for(condition, timeout: float = 20.0, what: str = "condition") -> None
 
 
 class RunningAggregator:
-    def __init__(self, address: BrokerAddress, config: AggregationConfig) -> None:
+    def __init__(self, address: BrokerAddress, config: AggregationConfig, state_dir: Path) -> None:
         task = TrainingTask("digits-20", "softmax", SHAPES)
         initial = {name: np.zeros(shape, np.float32) for name, shape in SHAPES.items()}
         self.core = AggregatorCore(task, BufferedAggregator(config, initial))
-        self.daemon = AggregatorDaemon(self.core, DaemonSettings(address, TOPICS))
+        store = AggregatorStore(state_dir)
+        store.recover(self.core)
+        self.daemon = AggregatorDaemon(self.core, DaemonSettings(address, TOPICS), store)
         self.thread = threading.Thread(target=self.daemon.run, daemon=True)
 
     def model_digest(self) -> str:
@@ -67,11 +71,11 @@ def address(mosquitto_broker) -> BrokerAddress:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def start_aggregator(address: BrokerAddress) -> Iterator:  # type: ignore[type-arg]
+def start_aggregator(address: BrokerAddress, tmp_path: Path) -> Iterator:  # type: ignore[type-arg]
     running: list[RunningAggregator] = []
 
     def start(config: AggregationConfig) -> RunningAggregator:
-        aggregator = RunningAggregator(address, config)
+        aggregator = RunningAggregator(address, config, tmp_path / f"state-{len(running)}")
         aggregator.thread.start()
         _wait_for(lambda: aggregator.core.counters.models_published >= 1, what="first model")
         running.append(aggregator)

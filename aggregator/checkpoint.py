@@ -1,0 +1,163 @@
+"""Snapshots of the aggregator's whole state, written atomically.
+
+A checkpoint holds everything the core needs to carry on exactly where it
+was: the model and its version, the partly filled buffer, the per-node
+verdicts that make resends harmless, the counters and the aggregation
+settings it was made with. With the journal segment of the same id it is a
+complete recovery point; it exists so recovery need not replay the whole
+history.
+
+The file is one msgpack map, written with `write_atomically` (temp file,
+fsync, rename, fsync of the directory), so it is either whole or absent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from fedbus.aggregator.buffer import AggregationConfig, BufferedAggregator
+from fedbus.aggregator.core import AggregatorCore
+from fedbus.broker.codec import DecodeLimits, decode, encode
+from fedbus.broker.durable_files import write_atomically
+from fedbus.broker.errors import CodecError, FedbusError
+from fedbus.broker.messages import AckMessage, ModelMessage
+from fedbus.broker.tensors import decode_weights, encode_weights
+
+CHECKPOINT_FORMAT = 1
+#: A checkpoint is our own file, but it is read back after crashes and copies;
+#: decode it with limits as generous as the largest model we accept.
+_LIMITS = DecodeLimits(max_payload_bytes=2**31 - 1, max_array_len=2**20, max_map_len=2**20)
+
+
+class CheckpointError(FedbusError):
+    """A checkpoint is unreadable or belongs to a different configuration."""
+
+
+def checkpoint_name(checkpoint_id: int) -> str:
+    return f"checkpoint-{checkpoint_id:08d}.ckpt"
+
+
+def checkpoint_id(path: Path) -> int | None:
+    name = path.name
+    if not (name.startswith("checkpoint-") and name.endswith(".ckpt")):
+        return None
+    digits = name[len("checkpoint-") : -len(".ckpt")]
+    return int(digits) if digits.isdigit() else None
+
+
+def config_fingerprint(config: AggregationConfig) -> dict[str, Any]:
+    """The aggregation settings as plain values, to refuse resuming under others."""
+
+    def plain(value: Any) -> Any:
+        return value.value if hasattr(value, "value") else value
+
+    flat = dataclasses.asdict(config)
+    staleness = flat.pop("staleness")
+    return {
+        **{k: plain(v) for k, v in flat.items()},
+        **{f"staleness_{k}": plain(v) for k, v in staleness.items()},
+    }
+
+
+def _counters_map(core: AggregatorCore) -> dict[str, Any]:
+    c = core.counters
+    return {
+        "accepted": c.accepted,
+        "duplicates": c.duplicates,
+        "rejected": dict(c.rejected),
+        "staleness": {str(k): v for k, v in c.staleness.items()},
+        "bad_topics": c.bad_topics,
+        "bytes_in": c.bytes_in,
+        "bytes_out": c.bytes_out,
+        "models_published": c.models_published,
+    }
+
+
+def snapshot(core: AggregatorCore, checkpoint_id: int) -> bytes:
+    """The core's complete state as checkpoint bytes."""
+    agg = core.aggregator
+    buffer = ModelMessage(agg.version, core.task, encode_weights(agg.buffer))
+    return msgpack.packb(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "id": checkpoint_id,
+            "config": config_fingerprint(agg.config),
+            "model": encode(core.model_message()),
+            "buffer": encode(buffer),
+            "buffered": agg.buffered,
+            "normalizer": agg.normalizer,
+            "applied_updates": agg.applied_updates,
+            "contributors": sorted(agg.contributors),
+            "decisions": [encode(ack) for _, ack in sorted(core.decisions.items())],
+            "counters": _counters_map(core),
+        },
+        use_bin_type=True,
+    )
+
+
+def write_checkpoint(directory: Path, core: AggregatorCore, checkpoint_id: int) -> Path:
+    path = directory / checkpoint_name(checkpoint_id)
+    write_atomically(path, snapshot(core, checkpoint_id))
+    return path
+
+
+def restore(core: AggregatorCore, data: bytes) -> int:
+    """Load checkpoint bytes into a freshly built core; returns the checkpoint id.
+
+    The core must have been built with the same task and aggregation settings
+    as the checkpoint; anything else would silently change what the journal
+    after it means, so it is refused.
+    """
+    try:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        if raw.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"unsupported checkpoint format {raw.get('format')!r}")
+        model = decode(raw["model"], ModelMessage, _LIMITS)
+        buffer_msg = decode(raw["buffer"], ModelMessage, _LIMITS)
+        decisions = [decode(a, AckMessage, _LIMITS) for a in raw["decisions"]]
+        counters = raw["counters"]
+        config = raw["config"]
+    except (CodecError, KeyError, TypeError, ValueError, msgpack.UnpackException) as exc:
+        raise CheckpointError(f"unreadable checkpoint: {exc}") from exc
+    if model.task != core.task:
+        raise CheckpointError(
+            f"checkpoint is for task {model.task.name!r} ({model.task}), "
+            f"this aggregator runs {core.task}"
+        )
+    wanted = config_fingerprint(core.aggregator.config)
+    if config != wanted:
+        changed = sorted(k for k in wanted.keys() | config.keys() if config.get(k) != wanted.get(k))
+        raise CheckpointError(f"checkpoint was made with other aggregation settings: {changed}")
+    shapes = core.task.weight_shapes
+    agg = BufferedAggregator(core.aggregator.config, decode_weights(model.tensors, shapes))
+    agg.version = model.version
+    agg.buffer = {
+        k: np.array(v, dtype=np.float32)
+        for k, v in decode_weights(buffer_msg.tensors, shapes).items()
+    }
+    agg.buffered = int(raw["buffered"])
+    agg.normalizer = float(raw["normalizer"])
+    agg.applied_updates = int(raw["applied_updates"])
+    agg.contributors = set(raw["contributors"])
+    core.aggregator = agg
+    core.decisions = {ack.node: ack for ack in decisions}
+    c = core.counters
+    c.accepted = counters["accepted"]
+    c.duplicates = counters["duplicates"]
+    c.rejected = Counter(counters["rejected"])
+    c.staleness = Counter({int(k): v for k, v in counters["staleness"].items()})
+    c.bad_topics = counters["bad_topics"]
+    c.bytes_in = counters["bytes_in"]
+    c.bytes_out = counters["bytes_out"]
+    c.models_published = counters["models_published"]
+    return int(raw["id"])
+
+
+def read_checkpoint(core: AggregatorCore, path: Path) -> int:
+    return restore(core, path.read_bytes())
