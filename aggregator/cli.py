@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from pathlib import Path
@@ -13,8 +14,9 @@ from fedbus.aggregator.buffer import AggregationConfig, AggregationMode, Buffere
 from fedbus.aggregator.checkpoint import CheckpointError
 from fedbus.aggregator.core import AggregatorCore
 from fedbus.aggregator.daemon import AggregatorDaemon, DaemonSettings
+from fedbus.aggregator.journal import JournalError
 from fedbus.aggregator.staleness import StalenessKind, StalenessWeighting
-from fedbus.aggregator.store import AggregatorStore
+from fedbus.aggregator.store import AggregatorStore, audit_history
 from fedbus.broker.cli_common import (
     add_bus_arguments,
     add_logging_arguments,
@@ -107,6 +109,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="prune all but the newest N checkpoints and their journals "
         "(default: keep the whole history, which lets it be replayed and audited)",
     )
+    durability.add_argument(
+        "--audit",
+        action="store_true",
+        help="do not serve: replay the whole journal of --state-dir from genesis, compare "
+        "with the newest checkpoint and print a JSON report (exit 1 if they differ)",
+    )
     add_logging_arguments(parser)
 
 
@@ -133,8 +141,8 @@ def aggregation_config(args: argparse.Namespace) -> AggregationConfig:
     )
 
 
-def build_daemon(args: argparse.Namespace) -> AggregatorDaemon:
-    address, topics = bus_from_args(args)
+def build_core(args: argparse.Namespace) -> AggregatorCore:
+    """A fresh core (initial model, empty buffer) for the task and settings in `args`."""
     shapes = weight_shapes(args.learner, args.features, args.classes)
     try:
         task = TrainingTask(
@@ -145,15 +153,25 @@ def build_daemon(args: argparse.Namespace) -> AggregatorDaemon:
             known = frozenset(validate_id(n) for n in args.allow_node)
     except ProtocolError as exc:
         raise ConfigError(str(exc)) from None
+    initial = {name: np.zeros(shape, dtype=np.float32) for name, shape in shapes.items()}
+    return AggregatorCore(
+        task, BufferedAggregator(aggregation_config(args), initial), known_nodes=known
+    )
+
+
+def state_dir_of(args: argparse.Namespace) -> Path:
+    _, topics = bus_from_args(args)
+    return Path(args.state_dir or default_state_dir(topics.fleet))
+
+
+def build_daemon(args: argparse.Namespace) -> AggregatorDaemon:
+    address, topics = bus_from_args(args)
     if args.checkpoint_every < 1:
         raise ConfigError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
     if args.keep_checkpoints is not None and args.keep_checkpoints < 1:
         raise ConfigError(f"--keep-checkpoints must be >= 1, got {args.keep_checkpoints}")
-    initial = {name: np.zeros(shape, dtype=np.float32) for name, shape in shapes.items()}
-    core = AggregatorCore(
-        task, BufferedAggregator(aggregation_config(args), initial), known_nodes=known
-    )
-    state_dir = args.state_dir or default_state_dir(topics.fleet)
+    core = build_core(args)
+    state_dir = state_dir_of(args)
     store = AggregatorStore(state_dir, keep_checkpoints=args.keep_checkpoints)
     try:
         recovery = store.recover(core)
@@ -175,8 +193,25 @@ def build_daemon(args: argparse.Namespace) -> AggregatorDaemon:
     return AggregatorDaemon(core, settings, store)
 
 
+def audit(args: argparse.Namespace) -> int:
+    """Replay the whole journal from genesis and compare with the newest checkpoint.
+
+    Prints one JSON line; exit 0 when the replayed model equals the
+    checkpointed one bit for bit and no (node, seq) was applied twice.
+    """
+    state_dir = state_dir_of(args)
+    try:
+        report = audit_history(state_dir, build_core(args), build_core(args))
+    except (CheckpointError, JournalError) as exc:
+        raise ConfigError(f"--state-dir {state_dir}: {exc}") from None
+    print(json.dumps(report))
+    return 0 if report["consistent"] else 1
+
+
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, args.log_json)
+    if args.audit:
+        return audit(args)
     daemon = build_daemon(args)
     stop_on_signals(daemon.stopping)
     log.info(
