@@ -102,7 +102,10 @@ def _decode_entry(body: bytes) -> JournalEntry:
 
 def _scan(handle: BinaryIO) -> Iterator[tuple[int, JournalEntry]]:
     """(end offset, entry) for each whole record; stops at a torn or corrupt tail."""
-    if handle.read(len(SEGMENT_MAGIC)) != SEGMENT_MAGIC:
+    magic = handle.read(len(SEGMENT_MAGIC))
+    if magic != SEGMENT_MAGIC:
+        if SEGMENT_MAGIC.startswith(magic):
+            return  # created, then a crash before its header reached the disk: empty
         raise JournalError(f"{getattr(handle, 'name', 'journal')}: not a journal segment")
     while True:
         header = handle.read(_RECORD_HEADER.size)
@@ -136,7 +139,7 @@ class JournalWriter:
         self.path = path
         self.entries = 0
         self.unsynced = 0
-        self._new_file = not path.exists()
+        self._new_file = not path.exists() or path.stat().st_size < len(SEGMENT_MAGIC)
         if not self._new_file:
             with open(path, "rb") as handle:
                 valid_end = len(SEGMENT_MAGIC)

@@ -261,3 +261,13 @@ def test_audit_notices_a_journal_that_does_not_match_the_checkpoint(tmp_path: Pa
     except JournalError:
         return  # replay refused an entry (versions no longer line up): detected too
     assert not report["consistent"] and not report["model_matches_checkpoint"]
+
+
+def test_segment_cut_off_inside_its_header_counts_as_empty(tmp_path: Path) -> None:
+    path = tmp_path / "journal-00000003.log"
+    path.write_bytes(SEGMENT_MAGIC[:3])  # crash right after creating the segment
+    assert read_segment(path) == []
+    writer = JournalWriter(path)
+    writer.append(JournalEntry.flush())
+    writer.close()
+    assert read_segment(path) == [JournalEntry.flush()]
