@@ -145,9 +145,14 @@ class EdgeNode:
             self.client.connect_count != self._announced_connection
             and self.client.connected.is_set()
         ):
-            # After every (re)connect: replace the retained last will "offline".
+            # After every (re)connect: replace the retained last will "offline", and
+            # resend at once what still waits for its ack: the broker may have lost
+            # it, and waiting out the ack timeout would only add latency.
             self._announced_connection = self.client.connect_count
             self._publish_status(NodeState.ONLINE, self._trained_version)
+            if self._pending is not None and self.client.connect_count > 1:
+                self.progress.resends += 1
+                self._send(self._pending[0], self._pending[1])
         if self._pending is not None:
             seq, payload, sent_at = self._pending
             if time.monotonic() - sent_at > self.settings.ack_timeout:

@@ -102,3 +102,53 @@ def test_aggregator_sigkilled_ten_times_loses_no_acknowledged_update(
     assert report["updates_in_journal"] >= len(ledger.accepted) > 0
     assert ledger.latest_model is not None
     assert accuracy(ledger.latest_model, task.X_test, task.y_test) >= TARGET_ACCURACY
+
+
+def test_broker_sigkilled_during_training_loses_no_acknowledged_update(
+    mosquitto_broker,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    address = BrokerAddress(mosquitto_broker.host, mosquitto_broker.port)
+    topics = Topics("killbroker")
+    state_dir = tmp_path / "aggregator"
+    aggregator = AggregatorProcess(address, topics, state_dir, tmp_path / "aggregator.log")
+    ledger = AckLedger(address, topics).start()
+    fleet = _fleet(address, topics)
+    rng = random.Random(7)
+    aggregator.start()
+    fleet.start()
+    try:
+        fleet.wait_connected(30)
+        wait_for(lambda: (ledger.poll(0.05), ledger.latest_model)[1] is not None, 30, "a model")
+        for _ in range(3):
+            end = time.monotonic() + rng.uniform(0.5, 1.5)
+            while time.monotonic() < end:
+                ledger.poll(0.05)
+            # SIGKILL: whatever mosquitto held in memory (queued updates, acks in
+            # flight, the retained model since its last autosave) is gone.
+            mosquitto_broker.kill()
+            time.sleep(rng.uniform(0.2, 1.0))
+            mosquitto_broker.restart()
+            version = ledger.latest_model.version if ledger.latest_model else 0
+            wait_for(
+                lambda v=version: (
+                    (ledger.poll(0.05), ledger.latest_model)[1] is not None
+                    and ledger.latest_model.version > v + 2
+                ),
+                60,
+                "training to go on after the broker restart",
+            )
+        assert aggregator.alive, "the aggregator must ride out a broker restart"
+    finally:
+        fleet.stop()
+    time.sleep(0.5)
+    ledger.poll(0.2)
+    assert aggregator.stop() == 0
+    ledger.poll(0.5)
+    ledger.stop()
+
+    report = _check_history(aggregator, ledger, state_dir)
+    totals = fleet.totals()
+    print(f"audit {report}; duplicate acks {ledger.duplicate_acks}; fleet {totals}")
+    assert totals.resends > 0, "nodes must resend what the dead broker may have lost"
+    assert ledger.duplicate_acks > 0, "resent updates that were applied get a duplicate ack"
