@@ -4,8 +4,15 @@ One `EdgeNode` is one device with its own MQTT connection. Its loop runs on
 the caller's thread (a device's main loop, or one thread of the fleet
 simulator); paho's network thread only fills the inbox.
 
-    idle --new model--> train --> delta --> publish --> wait for ack --> idle
-                                               ^--- resend on ack timeout ---'
+    idle --new model--> train --> delta --> outbox --> publish --> wait for ack --> idle
+                                                          ^-- resend on ack timeout
+                                                              or reconnect --'
+
+With a state directory the node survives power loss: the sequence counter
+(and, with compression, the error-feedback residual) is saved before an
+update is published, the update waits in the on-disk outbox until its ack
+arrives, and a restarted node resends what is still there. Without one
+(simulations) the same happens in memory.
 
 Raw data never leaves this object: only `delta = w_local - w_base`, the
 base version, the sample count and a per-node sequence number do.
@@ -17,7 +24,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -35,8 +43,10 @@ from fedbus.broker.messages import (
 from fedbus.broker.tensors import decode_weights, encode_weights
 from fedbus.broker.topics import Channel, Topics
 from fedbus.kernels.warmup import warm_up
+from fedbus.node.device_state import DeviceState, load_device_state, save_device_state, take_seq
 from fedbus.node.learners import Learner, SoftmaxRegression
 from fedbus.node.local_work import local_shuffle_rng
+from fedbus.node.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +73,8 @@ class NodeSettings:
     node_index: int = 0
     ack_timeout: float = 10.0
     connect_timeout: float = 30.0
+    #: Device state and outbox live here (None: in memory, lost on restart).
+    state_dir: Path | None = None
 
 
 @dataclass
@@ -76,6 +88,32 @@ class NodeProgress:
     bytes_sent: int = 0
     bytes_received: int = 0
     last_reason: str | None = None
+
+
+DEVICE_STATE_FILE = "device.state"
+#: Beside the state file, not around it: opening an outbox clears its temp files.
+OUTBOX_DIR = "outbox"
+
+
+@dataclass
+class _Pending:
+    """The update awaiting its ack: exact bytes, so a resend is byte-identical."""
+
+    seq: int
+    payload: bytes
+    sent_at: float = 0.0
+    #: connect_count when last published (0: not yet sent on any connection).
+    sent_on: int = 0
+
+
+class _NoOutbox:
+    """Stands in for the outbox of a node without a state directory."""
+
+    def highest_seq(self) -> int | None:
+        return None
+
+
+_NO_OUTBOX = _NoOutbox()
 
 
 class EdgeNode:
@@ -98,9 +136,14 @@ class EdgeNode:
         self.latest_model: ModelMessage | None = None
         self.latest_weights: dict[str, np.ndarray] = {}
         self.learner: Learner | None = None
-        self.seq = 0
-        self._trained_version: int | None = None
-        self._pending: tuple[int, bytes, float] | None = None  # seq, payload, sent at
+        self.outbox: Outbox | None = None
+        self.device_state = DeviceState()
+        if settings.state_dir is not None:
+            self.device_state = load_device_state(settings.state_dir / DEVICE_STATE_FILE)
+            self.outbox = Outbox(settings.state_dir / OUTBOX_DIR)
+        self._trained_version: int | None = self.device_state.model_version
+        self._pending: _Pending | None = None
+        self._load_next_pending()
         self._announced_connection = 0
         self.client = BusClient(
             f"fedbus-{self.topics.fleet}-node-{self.node_id}",
@@ -150,15 +193,19 @@ class EdgeNode:
             # it, and waiting out the ack timeout would only add latency.
             self._announced_connection = self.client.connect_count
             self._publish_status(NodeState.ONLINE, self._trained_version)
-            if self._pending is not None and self.client.connect_count > 1:
-                self.progress.resends += 1
-                self._send(self._pending[0], self._pending[1])
+            pending = self._pending
+            if pending is not None and pending.sent_on != self.client.connect_count:
+                if pending.sent_on:
+                    self.progress.resends += 1
+                self._send(pending)
         if self._pending is not None:
-            seq, payload, sent_at = self._pending
-            if time.monotonic() - sent_at > self.settings.ack_timeout:
-                log.info("%s: no ack for seq %d, resending", self.node_id, seq)
+            if (
+                self._pending.sent_on
+                and time.monotonic() - self._pending.sent_at > self.settings.ack_timeout
+            ):
+                log.info("%s: no ack for seq %d, resending", self.node_id, self._pending.seq)
                 self.progress.resends += 1
-                self._send(seq, payload)
+                self._send(self._pending)
             return
         model = self.latest_model
         if model is not None and model.version != self._trained_version:
@@ -202,10 +249,29 @@ class EdgeNode:
         except (CodecError, ProtocolError) as exc:
             log.warning("%s: ignored bad message on %s: %s", self.node_id, topic, exc)
 
+    @property
+    def seq(self) -> int:
+        """The last sequence number this node used (0: none yet)."""
+        return self.device_state.next_seq - 1
+
+    def _load_next_pending(self) -> None:
+        """Make the oldest update still in the outbox the pending one (or none)."""
+        waiting = self.outbox.pending() if self.outbox is not None else []
+        self._pending = _Pending(*waiting[0]) if waiting else None
+        if waiting:
+            log.info("%s: %d update(s) in the outbox to resend", self.node_id, len(waiting))
+
     def _take_ack(self, ack: AckMessage) -> None:
-        if self._pending is None or ack.seq != self._pending[0]:
+        if self._pending is None or ack.seq != self._pending.seq:
             return
-        self._pending = None
+        if self.outbox is not None:
+            # Any verdict is final, and the aggregator refuses seqs below it anyway.
+            self.outbox.remove_through(ack.seq)
+            self._load_next_pending()
+            if self._pending is not None and self.client.connected.is_set():
+                self._send(self._pending)
+        else:
+            self._pending = None
         if ack.accepted:
             self.progress.accepted += 1
         else:
@@ -234,22 +300,31 @@ class EdgeNode:
         if self.before_send is not None and not self.before_send(self, run):
             self._publish_status(NodeState.ONLINE, model.version)
             return
-        self.seq += 1
+        seq, state = take_seq(self.device_state, self.outbox or _NO_OUTBOX)
         update = UpdateMessage(
             node=self.node_id,
-            seq=self.seq,
+            seq=seq,
             base_version=model.version,
             num_samples=len(self.labels),
             tensors=encode_weights(delta),
             train_loss=float(loss),
         )
-        self._send(self.seq, encode(update))
+        payload = encode(update)
+        # Write-ahead: the used seq is on disk before anything can carry it.
+        self.device_state = replace(state, model_version=model.version)
+        if self.settings.state_dir is not None:
+            save_device_state(self.settings.state_dir / DEVICE_STATE_FILE, self.device_state)
+        if self.outbox is not None:
+            self.outbox.put(seq, payload)
+        self._pending = _Pending(seq, payload)
+        self._send(self._pending)
         self._publish_status(NodeState.ONLINE, model.version)
 
-    def _send(self, seq: int, payload: bytes) -> None:
-        self.client.publish(self.topics.update(self.node_id), payload, qos=1)
-        self.progress.bytes_sent += len(payload)
-        self._pending = (seq, payload, time.monotonic())
+    def _send(self, pending: _Pending) -> None:
+        self.client.publish(self.topics.update(self.node_id), pending.payload, qos=1)
+        self.progress.bytes_sent += len(pending.payload)
+        pending.sent_at = time.monotonic()
+        pending.sent_on = max(1, self.client.connect_count)
 
     def _publish_status(self, state: NodeState, version: int | None = None):  # type: ignore[no-untyped-def]
         payload = encode(NodeStatus(self.node_id, state, version))

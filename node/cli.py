@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from fedbus.broker.cli_common import (
@@ -41,8 +42,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=10.0,
         help="seconds to wait for an ack before resending",
     )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="device state and outbox, kept across restarts "
+        "(default: $XDG_STATE_HOME/fedbus/<fleet>/node-<id>)",
+    )
     add_bus_arguments(parser)
     add_logging_arguments(parser)
+
+
+def default_state_dir(fleet: str, node_id: str) -> Path:
+    """Where a node keeps its seq counter and outbox unless told otherwise (XDG)."""
+    root = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(root) / "fedbus" / fleet / f"node-{node_id}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         node_index=args.index,
         ack_timeout=args.ack_timeout,
+        state_dir=args.state_dir or default_state_dir(topics.fleet, node_id),
     )
     node = EdgeNode(settings, features, labels)
     stop_on_signals(node.stopping)

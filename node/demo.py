@@ -189,7 +189,14 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     topics = Topics("demo")
     with ManagedBroker() as broker:
         address = BrokerAddress(broker.host, broker.port)
-        fleet = Fleet(partitions, address, topics, seed=args.seed, heterogeneity=heterogeneity)
+        fleet = Fleet(
+            partitions,
+            address,
+            topics,
+            seed=args.seed,
+            heterogeneity=heterogeneity,
+            state_root=run_dir / "nodes",
+        )
         observer = ModelObserver(address, topics, task.X_test, task.y_test)
         fleet.start()
         fleet.wait_connected(30)

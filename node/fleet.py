@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -45,7 +46,9 @@ class Fleet:
         seed: int = 0,
         heterogeneity: Heterogeneity | None = None,
         ack_timeout: float = 10.0,
+        state_root: Path | None = None,
     ) -> None:
+        """`state_root`: each node keeps its device state and outbox in a folder here."""
         self.heterogeneity = heterogeneity or Heterogeneity()
         self.seed = seed
         self._slow = slow_nodes(len(partitions), self.heterogeneity.slow_fraction, seed)
@@ -61,6 +64,7 @@ class Fleet:
                     seed=seed,
                     node_index=i,
                     ack_timeout=ack_timeout,
+                    state_dir=None if state_root is None else state_root / f"node-{i:03d}",
                 ),
                 features,
                 labels,

@@ -10,15 +10,22 @@ journal exactly once.
 from __future__ import annotations
 
 import random
+import signal
+import subprocess
+import sys
 import time
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from crash_harness import AckLedger, AggregatorProcess, accuracy, wait_for
 
 from fedbus.aggregator.store import applied_updates
-from fedbus.broker.client import BrokerAddress
-from fedbus.broker.topics import Topics
+from fedbus.broker.client import BrokerAddress, BusClient
+from fedbus.broker.codec import decode
+from fedbus.broker.messages import UpdateMessage
+from fedbus.broker.topics import Channel, Topics
 from fedbus.node.datasets import load_digits_task
 from fedbus.node.fleet import Fleet
 from fedbus.node.partition import iid_partition
@@ -152,3 +159,99 @@ def test_broker_sigkilled_during_training_loses_no_acknowledged_update(
     print(f"audit {report}; duplicate acks {ledger.duplicate_acks}; fleet {totals}")
     assert totals.resends > 0, "nodes must resend what the dead broker may have lost"
     assert ledger.duplicate_acks > 0, "resent updates that were applied get a duplicate ack"
+
+
+class UpdateTap:
+    """Counts every copy of each (node, seq) update the broker routes."""
+
+    def __init__(self, address: BrokerAddress, topics: Topics) -> None:
+        self.copies: Counter[tuple[str, int]] = Counter()
+        self.client = BusClient("test-update-tap", address, persistent_session=False)
+        self.client.subscribe(topics.all_nodes(Channel.UPDATE))
+        self.client.start()
+        self.client.wait_connected(10)
+
+    def poll(self) -> Counter[tuple[str, int]]:
+        received = self.client.receive(0.05)
+        while received is not None:
+            update = decode(received.payload, UpdateMessage)
+            self.copies[(update.node, update.seq)] += 1
+            received = self.client.receive(0)
+        return self.copies
+
+
+def _node_command(address: BrokerAddress, topics: Topics, data: Path, state: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "fedbus.node",
+        "--id",
+        "n1",
+        "--data",
+        str(data),
+        "--state-dir",
+        str(state),
+        "--ack-timeout",
+        "600",  # only the outbox may cause the resend under test
+        "--host",
+        address.host,
+        "--port",
+        str(address.port),
+        "--fleet",
+        topics.fleet,
+    ]
+
+
+def test_node_sigkilled_between_publish_and_ack_resends_from_its_outbox(
+    mosquitto_broker,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    address = BrokerAddress(mosquitto_broker.host, mosquitto_broker.port)
+    topics = Topics("killnode")
+    task = load_digits_task()
+    data = tmp_path / "n1.npz"
+    np.savez(data, X=task.X_train[:80], y=task.y_train[:80])
+    node_state = tmp_path / "n1"
+    outbox = node_state / "outbox"
+    state_dir = tmp_path / "aggregator"
+    aggregator = AggregatorProcess(
+        address,
+        topics,
+        state_dir,
+        tmp_path / "aggregator.log",
+        extra_args=("--mode", "fedasync", "--features", "64", "--classes", "10"),
+    )
+    ledger = AckLedger(address, topics).start()
+    tap = UpdateTap(address, topics)
+    aggregator.start()
+    wait_for(lambda: (ledger.poll(0.05), ledger.latest_model)[1] is not None, 30, "a model")
+    aggregator.pause()  # the update will reach the broker, its ack cannot come back
+    node_log = (tmp_path / "node.log").open("ab")
+    node = subprocess.Popen(_node_command(address, topics, data, node_state), stderr=node_log)
+    try:
+        wait_for(lambda: tap.poll()[("n1", 1)] == 1, 60, "seq 1 published")
+        assert [p.name for p in outbox.glob("*.msg")] == ["update-000000000001.msg"]
+        node.send_signal(signal.SIGKILL)
+        node.wait(10)
+
+        node = subprocess.Popen(_node_command(address, topics, data, node_state), stderr=node_log)
+        wait_for(lambda: tap.poll()[("n1", 1)] == 2, 60, "seq 1 resent from the outbox")
+        aggregator.resume()
+        # fedasync: seq 1 makes version 1, on which the node trains seq 2.
+        wait_for(lambda: tap.poll()[("n1", 2)] >= 1, 60, "the next update, seq 2")
+        wait_for(lambda: not list(outbox.glob("*.msg")), 30, "an empty outbox")
+    finally:
+        aggregator.resume()
+        node.send_signal(signal.SIGTERM)
+        node.wait(20)
+        node_log.close()
+        tap.client.stop()
+    ledger.poll(0.5)
+    assert aggregator.stop() == 0
+    ledger.stop()
+
+    assert ("n1", 1) in ledger.accepted and ledger.duplicate_acks >= 1
+    journal = applied_updates(state_dir)
+    assert journal.count(("n1", 1)) == 1, journal
+    assert journal.count(("n1", 2)) == 1, journal
+    assert aggregator.audit()["consistent"]
