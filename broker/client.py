@@ -18,6 +18,13 @@ What it adds to paho, and why:
 - `manual_ack=True` holds back the broker's PUBACK of a received QoS 1
   message until the caller says it is safe (the aggregator: after its
   journal write); the broker redelivers anything unacknowledged.
+- messages over the broker's payload limit (`BrokerAddress.chunk_limit`)
+  travel as chunks (fedbus.broker.chunking): `publish` splits, `receive`
+  reassembles on the caller's thread and hands over the whole message as if
+  it came on the base topic. Chunks are PUBACKed as they arrive, even with
+  manual_ack: holding them until the whole message is processed would stall
+  any message with more chunks than the broker's in-flight window, and the
+  sender's outbox already covers a crash between chunk and message.
 - paho's errors become `BrokerError` at this boundary.
 """
 
@@ -27,6 +34,7 @@ import logging
 import queue
 import random
 import threading
+import time
 from dataclasses import dataclass
 from typing import cast
 
@@ -36,7 +44,16 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from fedbus.broker.errors import BrokerError
+from fedbus.broker.chunking import (
+    DEFAULT_CHUNK_LIMIT,
+    Reassembler,
+    chunk_filter,
+    chunk_topic,
+    needs_chunking,
+    parse_chunk_topic,
+    split_message,
+)
+from fedbus.broker.errors import BrokerError, CodecError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +67,9 @@ class BrokerAddress:
     username: str | None = None
     password: str | None = None
     keepalive: int = 30
+    #: Largest payload sent as one PUBLISH; larger ones go as chunks (None: never).
+    #: Cloud brokers cap payloads (AWS IoT Core at 128 KiB), hence the default.
+    chunk_limit: int | None = DEFAULT_CHUNK_LIMIT
 
 
 @dataclass(frozen=True)
@@ -121,6 +141,9 @@ class BusClient:
         self.connect_count = 0
         self._subscriptions: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.reassembler = Reassembler()
+        #: Chunk count of the last retained chunked publish per topic, to clear leftovers.
+        self._retained_chunks: dict[str, int] = {}
         self._reconnect_attempt = 0
         self._reconnect_delays = (reconnect_min_delay, reconnect_max_delay)
         self._jitter = random.Random()
@@ -198,20 +221,64 @@ class BusClient:
     # ------------------------------------------------------------ messaging
 
     def subscribe(self, topic_filter: str, qos: int = 1) -> None:
-        """Subscribe now (if connected) and again after every reconnect."""
+        """Subscribe now (if connected) and again after every reconnect.
+
+        Also subscribes to the chunks of messages on `topic_filter`.
+        """
+        filters = [topic_filter]
+        extra = chunk_filter(topic_filter)
+        if extra is not None:
+            filters.append(extra)
         with self._lock:
-            self._subscriptions[topic_filter] = qos
+            for each in filters:
+                self._subscriptions[each] = qos
         if self.connected.is_set():
-            self._client.subscribe(topic_filter, qos)
+            for each in filters:
+                self._client.subscribe(each, qos)
 
     def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
     ) -> paho.MQTTMessageInfo:
-        """Queue a publish; paho sends it (and resends QoS 1 after a reconnect)."""
+        """Queue a publish; paho sends it (and resends QoS 1 after a reconnect).
+
+        A payload over the chunk limit goes out as chunks, in order; the info
+        returned is that of the last one.
+        """
+        limit = self.address.chunk_limit
+        if limit is None or not needs_chunking(payload, limit):
+            info = self._publish_one(topic, payload, qos, retain)
+            if retain:
+                self._clear_retained_chunks(topic, keep=0)
+            return info
+        chunks = split_message(payload, limit)
+        if retain and topic not in self._retained_chunks:
+            # A whole retained message may sit on the base topic: delete it, so a
+            # late joiner does not take an old unchunked message for the newest.
+            self._publish_one(topic, b"", qos, True)
+        for index, chunk in enumerate(chunks):
+            info = self._publish_one(chunk_topic(topic, index), chunk, qos, retain)
+        if retain:
+            self._clear_retained_chunks(topic, keep=len(chunks))
+            self._retained_chunks[topic] = len(chunks)
+        return info
+
+    def _publish_one(
+        self, topic: str, payload: bytes, qos: int, retain: bool
+    ) -> paho.MQTTMessageInfo:
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise BrokerError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
         return info
+
+    def _clear_retained_chunks(self, topic: str, keep: int) -> None:
+        """Delete retained chunks a previous, longer retained message left behind.
+
+        (An empty retained payload deletes a retained message; receivers
+        ignore empty chunk payloads.) Only what this client published is known.
+        """
+        previous = self._retained_chunks.pop(topic, 0)
+        for index in range(keep, previous):
+            self._publish_one(chunk_topic(topic, index), b"", 1, True)
 
     def ack(self, message: Received) -> None:
         """Send the broker's PUBACK for `message` now (manual_ack clients only).
@@ -219,16 +286,44 @@ class BusClient:
         A message from an earlier connection is skipped: its packet id means
         nothing on the new one, and the broker redelivers it anyway.
         """
-        if not self.manual_ack or message.qos == 0 or message.connection != self.connect_count:
+        if (
+            not self.manual_ack
+            or message.qos == 0
+            or message.mid == 0  # a reassembled message: its chunks were acked
+            or message.connection != self.connect_count
+        ):
             return
         self._client.ack(message.mid, message.qos)
 
     def receive(self, timeout: float | None = None) -> Received | None:
-        """Next message from the inbox, or None after `timeout` seconds."""
+        """Next whole message, or None after `timeout` seconds (None: wait forever).
+
+        Chunks are taken in here and only the reassembled message comes out.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                message = self.inbox.get(timeout=remaining)
+            except queue.Empty:
+                return None
+            chunk_of = parse_chunk_topic(message.topic)
+            if chunk_of is None:
+                return message
+            whole = self._take_chunk(message, chunk_of[0])
+            if whole is not None:
+                return whole
+
+    def _take_chunk(self, message: Received, base_topic: str) -> Received | None:
+        self.ack(message)
         try:
-            return self.inbox.get(timeout=timeout)
-        except queue.Empty:
+            whole = self.reassembler.add(message.topic, message.payload, time.monotonic())
+        except CodecError as exc:
+            log.warning("%s: dropped a bad chunk on %s: %s", self.client_id, message.topic, exc)
             return None
+        if whole is None:
+            return None
+        return Received(base_topic, whole, message.retain, message.qos, 0, message.connection)
 
     # ------------------------------------------------------------ paho callbacks
     # These run on paho's network thread: convert, enqueue, nothing else.

@@ -128,8 +128,8 @@ class EdgeNode:
         self.settings = settings
         self.node_id = settings.node_id
         self.topics = settings.topics
-        self.features = features
-        self.labels = labels
+        self.features = np.ascontiguousarray(features)
+        self.labels = np.ascontiguousarray(labels)
         self.before_send = before_send
         self.progress = NodeProgress()
         self.stopping = threading.Event()
@@ -238,6 +238,8 @@ class EdgeNode:
 
     def _take(self, topic: str, payload: bytes) -> None:
         self.progress.bytes_received += len(payload)
+        if not payload:
+            return  # a retained message being deleted (see PROTOCOL.md 15.7)
         try:
             channel, _ = self.topics.parse(topic)
             if channel is Channel.MODEL:
