@@ -12,9 +12,13 @@ import threading
 import time
 from collections.abc import Callable
 
+from fedbus.broker.chunking import DEFAULT_CHUNK_LIMIT
 from fedbus.broker.client import BrokerAddress
 from fedbus.broker.errors import ConfigError
 from fedbus.broker.topics import Topics
+
+#: Smallest sensible chunk limit: room for the chunk header and some data.
+MIN_CHUNK_LIMIT = 256
 
 
 def add_bus_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +35,14 @@ def add_bus_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="VAR",
         help="environment variable holding the broker password",
     )
+    group.add_argument(
+        "--chunk-limit",
+        type=int,
+        default=DEFAULT_CHUNK_LIMIT,
+        metavar="BYTES",
+        help="send larger payloads as chunks; the broker's payload cap "
+        "(default %(default)s, AWS IoT Core's; 0: never chunk)",
+    )
 
 
 def bus_from_args(args: argparse.Namespace) -> tuple[BrokerAddress, Topics]:
@@ -41,7 +53,15 @@ def bus_from_args(args: argparse.Namespace) -> tuple[BrokerAddress, Topics]:
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port: {args.port} is not a TCP port")
     password = os.environ.get(args.password_env) if args.username else None
-    return BrokerAddress(args.host, args.port, args.username, password), topics
+    if args.chunk_limit < 0 or 0 < args.chunk_limit < MIN_CHUNK_LIMIT:
+        raise ConfigError(
+            f"--chunk-limit: must be 0 or >= {MIN_CHUNK_LIMIT}, got {args.chunk_limit}"
+        )
+    chunk_limit = args.chunk_limit or None
+    return (
+        BrokerAddress(args.host, args.port, args.username, password, chunk_limit=chunk_limit),
+        topics,
+    )
 
 
 def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
