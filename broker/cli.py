@@ -15,6 +15,8 @@ COMMANDS = {
     "aggregator": ("fedbus.aggregator.cli", "run the asynchronous aggregation daemon"),
     "node": ("fedbus.node.cli", "run one edge node on local data"),
     "demo": ("fedbus.node.demo", "broker + aggregator + simulated fleet on the digits task"),
+    "record": ("fedbus.broker.record_cli", "record a fleet's MQTT traffic to a .fbrec file"),
+    "replay": ("fedbus.broker.replay_cli", "publish a .fbrec recording back to a broker"),
 }
 
 

@@ -194,7 +194,9 @@ def test_model_and_updates_travel_chunked_between_aggregator_and_nodes(
         thread.start()
     try:
         deadline = time.monotonic() + 30
-        while core.version < 3 and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+            core.version < 3 or sum(node.progress.accepted for node in nodes) < 6
+        ):
             time.sleep(0.05)
         assert core.version >= 3, "no model steps from chunked updates"
     finally:
@@ -205,5 +207,8 @@ def test_model_and_updates_travel_chunked_between_aggregator_and_nodes(
             thread.join(10)
     assert core.counters.rejected_total == 0
     assert daemon.client.reassembler.counters.completed >= 6
-    assert all(node.progress.accepted >= 3 for node in nodes)
-    assert all(node.client.reassembler.counters.completed >= 3 for node in nodes)
+    # K = 2: three steps took six accepted updates, from both nodes (which share
+    # them as their training speed allows), and every node took chunked models in.
+    assert sum(node.progress.accepted for node in nodes) >= 6
+    assert all(node.progress.accepted >= 1 for node in nodes)
+    assert all(node.client.reassembler.counters.completed >= 1 for node in nodes)
