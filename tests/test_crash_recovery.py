@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,17 @@ pytestmark = pytest.mark.broker
 
 #: The demo's target on digits-20 (README, BENCH-TASK).
 TARGET_ACCURACY = 0.93
+
+
+@pytest.fixture
+def reaper() -> Iterator[list[AggregatorProcess]]:
+    """Aggregator processes a test started; killed at teardown if a failure left them."""
+    started: list[AggregatorProcess] = []
+    yield started
+    for process in started:
+        if process.alive:
+            process.resume()
+            process.kill()
 
 
 def _fleet(address: BrokerAddress, topics: Topics, nodes: int = 20) -> Fleet:
@@ -58,11 +70,13 @@ def _check_history(aggregator: AggregatorProcess, ledger: AckLedger, state_dir: 
 def test_aggregator_sigkilled_ten_times_loses_no_acknowledged_update(
     mosquitto_broker,  # type: ignore[no-untyped-def]
     tmp_path: Path,
+    reaper: list[AggregatorProcess],
 ) -> None:
     address = BrokerAddress(mosquitto_broker.host, mosquitto_broker.port)
     topics = Topics("killagg")
     state_dir = tmp_path / "aggregator"
     aggregator = AggregatorProcess(address, topics, state_dir, tmp_path / "aggregator.log")
+    reaper.append(aggregator)
     ledger = AckLedger(address, topics).start()
     fleet = _fleet(address, topics)
     task = load_digits_task()
@@ -114,11 +128,13 @@ def test_aggregator_sigkilled_ten_times_loses_no_acknowledged_update(
 def test_broker_sigkilled_during_training_loses_no_acknowledged_update(
     mosquitto_broker,  # type: ignore[no-untyped-def]
     tmp_path: Path,
+    reaper: list[AggregatorProcess],
 ) -> None:
     address = BrokerAddress(mosquitto_broker.host, mosquitto_broker.port)
     topics = Topics("killbroker")
     state_dir = tmp_path / "aggregator"
     aggregator = AggregatorProcess(address, topics, state_dir, tmp_path / "aggregator.log")
+    reaper.append(aggregator)
     ledger = AckLedger(address, topics).start()
     fleet = _fleet(address, topics)
     rng = random.Random(7)
@@ -205,6 +221,7 @@ def _node_command(address: BrokerAddress, topics: Topics, data: Path, state: Pat
 def test_node_sigkilled_between_publish_and_ack_resends_from_its_outbox(
     mosquitto_broker,  # type: ignore[no-untyped-def]
     tmp_path: Path,
+    reaper: list[AggregatorProcess],
 ) -> None:
     address = BrokerAddress(mosquitto_broker.host, mosquitto_broker.port)
     topics = Topics("killnode")
@@ -221,6 +238,7 @@ def test_node_sigkilled_between_publish_and_ack_resends_from_its_outbox(
         tmp_path / "aggregator.log",
         extra_args=("--mode", "fedasync", "--features", "64", "--classes", "10"),
     )
+    reaper.append(aggregator)
     ledger = AckLedger(address, topics).start()
     tap = UpdateTap(address, topics)
     aggregator.start()
