@@ -18,7 +18,6 @@ is still pending: an interrupted transfer resumes with the chunks it missed.
 from __future__ import annotations
 
 import hashlib
-import re
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -28,9 +27,7 @@ import msgpack
 from fedbus.broker.codec import DEFAULT_LIMITS, DecodeLimits, _get, _non_negative, unpack_map
 from fedbus.broker.errors import CodecError, PayloadTooLargeError, UnsupportedVersionError
 from fedbus.broker.messages import PROTOCOL_VERSION
-
-#: The topic level between a message's topic and the chunk index.
-CHUNK_LEVEL = "chunk"
+from fedbus.broker.topics import parse_chunk_topic
 
 DEFAULT_CHUNK_LIMIT = 128 * 1024  # AWS IoT Core's payload limit
 DEFAULT_MAX_MESSAGE_BYTES = DEFAULT_LIMITS.max_payload_bytes  # the codec's own bound, 64 MiB
@@ -52,57 +49,9 @@ MAX_CHUNK_HEADER_BYTES = 66
 CHUNK_BOOKKEEPING_BYTES = 128
 TRANSFER_BOOKKEEPING_BYTES = 1024
 
-_MAX_INDEX_DIGITS = 10
-_CHUNK_TOPIC = re.compile(
-    rf"(?P<base>[^+#]+)/{CHUNK_LEVEL}/(?P<index>0|[1-9][0-9]{{0,{_MAX_INDEX_DIGITS - 1}}})"
-)
 _UINT32_MAX = 2**32 - 1
 #: Room for the header and for keys a newer sender may add, beyond the data.
 _PAYLOAD_SLACK = 4096
-
-
-# ---------------------------------------------------------------- topics
-
-
-def chunk_topic(topic: str, index: int) -> str:
-    """The topic that carries chunk `index` of a message of `topic`."""
-    if isinstance(index, bool) or not isinstance(index, int):
-        raise ValueError(f"chunk index must be an int, got {type(index).__name__}")
-    if not 0 <= index < 10**_MAX_INDEX_DIGITS:
-        raise ValueError(f"chunk index out of range: {index}")
-    if not topic or "+" in topic or "#" in topic:
-        raise ValueError(f"not a topic name: {topic!r}")
-    if parse_chunk_topic(topic) is not None:
-        raise ValueError(f"{topic!r} is already a chunk topic")
-    return f"{topic}/{CHUNK_LEVEL}/{index}"
-
-
-def parse_chunk_topic(topic: str) -> tuple[str, int] | None:
-    """Split a chunk topic into (message topic, index); None for any other topic.
-
-    Strict: the index is ASCII decimal without leading zeros or sign and at
-    most ten digits, the message topic is non-empty, has no wildcard and is
-    not a chunk topic itself. Never raises: a caller routes on the result.
-    """
-    match = _CHUNK_TOPIC.fullmatch(topic)
-    if match is None:
-        return None
-    base = match["base"]
-    if _CHUNK_TOPIC.fullmatch(base) is not None:
-        return None
-    return base, int(match["index"])
-
-
-def chunk_filter(topic_filter: str) -> str | None:
-    """The extra filter a subscriber of `topic_filter` needs for chunked messages.
-
-    None when the filter ends with `#`, which already matches the chunk topics.
-    """
-    if topic_filter == "#" or topic_filter.endswith("/#"):
-        return None
-    if not topic_filter or "#" in topic_filter:
-        raise ValueError(f"not a topic filter: {topic_filter!r}")
-    return f"{topic_filter}/{CHUNK_LEVEL}/+"
 
 
 # ---------------------------------------------------------------- splitting

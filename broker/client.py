@@ -44,16 +44,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from fedbus.broker.chunking import (
-    DEFAULT_CHUNK_LIMIT,
-    Reassembler,
-    chunk_filter,
-    chunk_topic,
-    needs_chunking,
-    parse_chunk_topic,
-    split_message,
-)
+from fedbus.broker.chunking import DEFAULT_CHUNK_LIMIT, Reassembler, needs_chunking, split_message
 from fedbus.broker.errors import BrokerError, CodecError
+from fedbus.broker.topics import chunk_filter, chunk_topic, parse_chunk_topic
 
 log = logging.getLogger(__name__)
 

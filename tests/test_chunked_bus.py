@@ -21,11 +21,11 @@ from fedbus.aggregator.buffer import AggregationConfig, BufferedAggregator
 from fedbus.aggregator.core import AggregatorCore
 from fedbus.aggregator.daemon import AggregatorDaemon, DaemonSettings
 from fedbus.aggregator.store import AggregatorStore
-from fedbus.broker.chunking import chunk_topic, split_message
+from fedbus.broker.chunking import split_message
 from fedbus.broker.client import BrokerAddress, BusClient, Received
 from fedbus.broker.layouts import weight_shapes
 from fedbus.broker.messages import TrainingTask
-from fedbus.broker.topics import Topics
+from fedbus.broker.topics import Topics, chunk_topic
 from fedbus.node.agent import EdgeNode, NodeSettings
 from fedbus.node.datasets import load_digits_task
 

@@ -21,16 +21,20 @@ from fedbus.broker.chunking import (
     MAX_CHUNK_HEADER_BYTES,
     TRANSFER_BOOKKEEPING_BYTES,
     Reassembler,
-    chunk_filter,
-    chunk_topic,
     decode_chunk,
     needs_chunking,
-    parse_chunk_topic,
     split_message,
     transfer_id,
 )
 from fedbus.broker.errors import CodecError, PayloadTooLargeError, UnsupportedVersionError
-from fedbus.broker.topics import PER_NODE_CHANNELS, Channel, Topics
+from fedbus.broker.topics import (
+    PER_NODE_CHANNELS,
+    Channel,
+    Topics,
+    chunk_filter,
+    chunk_topic,
+    parse_chunk_topic,
+)
 
 T = "fedbus/lab/update/n1"
 FLEET = Topics("lab")
