@@ -80,6 +80,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="apply a partial buffer after this long (sync deadline)",
     )
     agg.add_argument(
+        "--max-update-norm",
+        type=float,
+        default=None,
+        metavar="L2",
+        help="reject updates whose delta has a larger L2 norm (default: no bound)",
+    )
+    agg.add_argument(
         "--allow-node",
         action="append",
         default=None,
@@ -154,8 +161,13 @@ def build_core(args: argparse.Namespace) -> AggregatorCore:
     except ProtocolError as exc:
         raise ConfigError(str(exc)) from None
     initial = {name: np.zeros(shape, dtype=np.float32) for name, shape in shapes.items()}
+    if args.max_update_norm is not None and not args.max_update_norm > 0:
+        raise ConfigError(f"--max-update-norm must be > 0, got {args.max_update_norm}")
     return AggregatorCore(
-        task, BufferedAggregator(aggregation_config(args), initial), known_nodes=known
+        task,
+        BufferedAggregator(aggregation_config(args), initial),
+        known_nodes=known,
+        max_update_norm=args.max_update_norm,
     )
 
 

@@ -21,10 +21,14 @@ from fedbus.aggregator.validation import (
     validate_update,
 )
 from fedbus.broker.codec import DEFAULT_LIMITS, DecodeLimits
+from fedbus.broker.log_throttle import ThrottledLog
 from fedbus.broker.messages import AckMessage, ModelMessage, RejectReason, TrainingTask
 from fedbus.broker.tensors import encode_weights
 
 log = logging.getLogger(__name__)
+
+#: Each reject reason is logged at most once per this many seconds.
+REJECTION_LOG_WINDOW = 10.0
 
 
 _NOT_A_VERDICT = frozenset(
@@ -54,13 +58,16 @@ class AggregatorCore:
         *,
         known_nodes: frozenset[str] | None = None,
         limits: DecodeLimits = DEFAULT_LIMITS,
+        max_update_norm: float | None = None,
     ) -> None:
         self.task = task
         self.aggregator = aggregator
         self.known_nodes = known_nodes
         self.limits = limits
+        self.max_update_norm = max_update_norm
         self.counters = Counters()
         self.decisions: dict[str, AckMessage] = {}
+        self.rejection_log = ThrottledLog(log, window=REJECTION_LOG_WINDOW)
 
     @property
     def version(self) -> int:
@@ -69,12 +76,21 @@ class AggregatorCore:
     def model_message(self) -> ModelMessage:
         return ModelMessage(self.version, self.task, encode_weights(self.aggregator.weights))
 
-    def handle_update(self, topic_node: str, payload: bytes) -> Outcome:
-        """Decide on one update payload received on `update/<topic_node>`."""
+    def handle_update(
+        self, topic_node: str, payload: bytes, now: float | None = None, *, replaying: bool = False
+    ) -> Outcome:
+        """Decide on one update payload received on `update/<topic_node>`.
+
+        `now` (monotonic seconds) paces the rejection log; None logs every one.
+        `replaying`: the update comes from the journal, so it was accepted
+        under the policy of its day; the policy checks (enrolment, norm bound)
+        are not run again, or a changed setting would make recovery refuse
+        history. Every check that decides how the model moves still runs.
+        """
         self.counters.bytes_in += len(payload)
         decoded = decode_update(payload, self.limits)
         if isinstance(decoded, Rejection):
-            return self._reject(topic_node, decoded)
+            return self._reject(topic_node, decoded, now)
         previous = self.decisions.get(topic_node)
         if previous is not None and previous.seq == decoded.seq and decoded.node == topic_node:
             self.counters.duplicates += 1
@@ -83,13 +99,14 @@ class AggregatorCore:
             version=self.version,
             layout=self.task.weight_shapes,
             max_staleness=self.aggregator.config.max_staleness,
-            known_nodes=self.known_nodes,
+            known_nodes=None if replaying else self.known_nodes,
             last_seq=None if previous is None else previous.seq,
             limits=self.limits,
+            max_update_norm=None if replaying else self.max_update_norm,
         )
         checked = validate_update(decoded, topic_node, ctx)
         if isinstance(checked, Rejection):
-            return self._reject(topic_node, checked)
+            return self._reject(topic_node, checked, now)
         if (
             self.aggregator.config.mode is AggregationMode.SYNC
             and topic_node in self.aggregator.contributors
@@ -99,6 +116,7 @@ class AggregatorCore:
                 Rejection(
                     RejectReason.STALE, "node already contributed to this round", decoded.seq
                 ),
+                now,
             )
         message = checked.message
         stepped = self.aggregator.add(
@@ -114,11 +132,14 @@ class AggregatorCore:
         """Apply a partial buffer (deadline passed); True if the model moved."""
         return self.aggregator.flush()
 
-    def _reject(self, topic_node: str, rejection: Rejection) -> Outcome:
+    def _reject(self, topic_node: str, rejection: Rejection, now: float | None) -> Outcome:
         self.counters.rejected[rejection.reason.value] += 1
-        log.info(
-            "rejected update from %s: %s (%s)", topic_node, rejection.reason.value, rejection.detail
-        )
+        message = "rejected update from %s: %s (%s)"
+        args = (topic_node, rejection.reason.value, rejection.detail[:200])
+        if now is None:
+            log.info(message, *args)
+        else:
+            self.rejection_log.log(rejection.reason.value, now, message, *args)
         ack = AckMessage(
             topic_node,
             rejection.seq,

@@ -91,6 +91,7 @@ class AggregatorDaemon:
                     **self.core.counters.as_dict(),
                     "applied": self.core.aggregator.applied_updates,
                     "buffered": self.core.aggregator.buffered,
+                    "bad_chunks": self.client.reassembler.counters.bad,
                 },
             )
         )
@@ -149,7 +150,7 @@ class AggregatorDaemon:
         acks: list[AckMessage] = []
         model_changed = False
         for received in batch:
-            ack, stepped = self._decide(received.topic, received.payload)
+            ack, stepped = self._decide(received.topic, received.payload, now)
             model_changed |= stepped
             if ack is not None:
                 acks.append(ack)
@@ -175,17 +176,17 @@ class AggregatorDaemon:
             self.publish_status()
             self._status_due = now + self.settings.status_interval
 
-    def _decide(self, topic: str, payload: bytes) -> tuple[AckMessage | None, bool]:
+    def _decide(self, topic: str, payload: bytes, now: float) -> tuple[AckMessage | None, bool]:
         """(ack to send, model moved) for one message; journals an accepted update."""
         try:
             channel, node = self.topics.parse(topic)
         except ProtocolError as exc:
             self.core.counters.bad_topics += 1
-            log.warning("ignored message on bad topic: %s", exc)
+            self.core.rejection_log.log("bad_topic", now, "ignored message on bad topic: %s", exc)
             return None, False
         if channel is not Channel.UPDATE or node is None:
             return None, False
-        outcome = self.core.handle_update(node, payload)
+        outcome = self.core.handle_update(node, payload, now)
         if self.store is not None and outcome.ack.accepted and not outcome.ack.duplicate:
             self.store.log_accepted(node, payload)
         return outcome.ack, outcome.model_changed

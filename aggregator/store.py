@@ -69,7 +69,7 @@ def apply_entry(core: AggregatorCore, entry: JournalEntry) -> bool:
         return core.flush()
     if entry.kind != KIND_ACCEPTED:
         raise JournalError(f"unknown journal entry kind {entry.kind!r}")
-    outcome = core.handle_update(entry.node, entry.payload)
+    outcome = core.handle_update(entry.node, entry.payload, replaying=True)
     if not outcome.ack.accepted or outcome.ack.duplicate:
         raise JournalError(
             f"journaled update from {entry.node} seq {outcome.ack.seq} was not accepted "

@@ -3,12 +3,13 @@
 Checks run cheapest first and stop at the first failure, so a hostile
 payload costs little: size, msgpack and schema (bounded), protocol version,
 node id in the body against the topic, enrolment, sequence number, base
-version and staleness, tensor layout, sample count, and finally a scan for
-NaN or Inf. Nothing here touches the model.
+version and staleness, tensor layout, sample count, a scan for NaN or Inf
+and finally the L2 norm bound. Nothing here touches the model.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -49,6 +50,21 @@ class ValidationContext:
     known_nodes: frozenset[str] | None  # None: any well-formed node id may join
     last_seq: int | None  # highest sequence number already decided for this node
     limits: DecodeLimits
+    #: Largest L2 norm of a whole delta (all tensors) accepted; None: no bound.
+    max_update_norm: float | None = None
+
+
+def update_norm(delta: Mapping[str, np.ndarray]) -> float:
+    """L2 norm over all tensors, accumulated in float64.
+
+    float32 accumulation would overflow to inf for finite deltas of large
+    magnitude (squares above 3.4e38) and lose digits on large models.
+    """
+    total = 0.0
+    for values in delta.values():
+        flat = values.reshape(-1)
+        total += float(np.einsum("i,i->", flat, flat, dtype=np.float64))
+    return math.sqrt(total)
 
 
 def decode_update(payload: bytes, limits: DecodeLimits) -> UpdateMessage | Rejection:
@@ -116,4 +132,12 @@ def validate_update(
     for name, values in delta.items():
         if not np.isfinite(values).all():
             return Rejection(RejectReason.NON_FINITE, f"tensor {name!r} holds NaN or Inf", seq)
+    if ctx.max_update_norm is not None:
+        norm = update_norm(delta)
+        if norm > ctx.max_update_norm:
+            return Rejection(
+                RejectReason.NORM_EXCEEDED,
+                f"update L2 norm {norm:.6g} exceeds bound {ctx.max_update_norm:g}",
+                seq,
+            )
     return ValidUpdate(message, delta, staleness)

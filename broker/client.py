@@ -46,6 +46,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from fedbus.broker.chunking import DEFAULT_CHUNK_LIMIT, Reassembler, needs_chunking, split_message
 from fedbus.broker.errors import BrokerError, CodecError
+from fedbus.broker.log_throttle import ThrottledLog
 from fedbus.broker.topics import chunk_filter, chunk_topic, parse_chunk_topic
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class BusClient:
         self._subscriptions: dict[str, int] = {}
         self._lock = threading.Lock()
         self.reassembler = Reassembler()
+        self._chunk_log = ThrottledLog(log, window=10.0, level=logging.WARNING)
         #: Chunk count of the last retained chunked publish per topic, to clear leftovers.
         self._retained_chunks: dict[str, int] = {}
         self._reconnect_attempt = 0
@@ -312,7 +314,14 @@ class BusClient:
         try:
             whole = self.reassembler.add(message.topic, message.payload, time.monotonic())
         except CodecError as exc:
-            log.warning("%s: dropped a bad chunk on %s: %s", self.client_id, message.topic, exc)
+            self._chunk_log.log(
+                "bad_chunk",
+                time.monotonic(),
+                "%s: dropped a bad chunk on %s: %s",
+                self.client_id,
+                message.topic,
+                exc,
+            )
             return None
         if whole is None:
             return None

@@ -42,6 +42,7 @@ class RejectReason(str, Enum):
     STALE = "stale"  # staleness above the configured bound (or != 0 in sync mode)
     REPLAY = "replay"  # sequence number older than one already decided
     OVERSIZE = "oversize"  # payload larger than the configured limit
+    NORM_EXCEEDED = "norm_exceeded"  # L2 norm of the delta above the configured bound
 
 
 def _check_non_negative(name: str, value: int) -> None:
