@@ -260,7 +260,10 @@ class BusClient:
     def _publish_one(
         self, topic: str, payload: bytes, qos: int, retain: bool
     ) -> paho.MQTTMessageInfo:
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        try:
+            info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        except ValueError as exc:  # paho: wildcard in the topic, payload too long, bad qos
+            raise BrokerError(f"cannot publish to {topic!r}: {exc}") from None
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise BrokerError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
         return info
