@@ -29,9 +29,10 @@ from fedbus.broker.messages import AckMessage, AggregatorStatus, ModelMessage, T
 from fedbus.broker.topics import Channel, Topics
 
 ITEMS = generate(seed=0)
-#: A second, different stream for the same daemon: memory after it must not
-#: have grown beyond the first's high-water mark, as it would with a leak.
+#: More, different streams for the same daemon: memory after the last must not
+#: have grown beyond the earlier high-water mark, as it would with a leak.
 MORE_ITEMS = generate(seed=1, first_seq=10**9)
+EVEN_MORE_ITEMS = generate(seed=2, first_seq=2 * 10**9)
 AGGREGATOR_ARGS = (
     "--features",
     "64",
@@ -155,7 +156,7 @@ def test_ten_thousand_hostile_payloads_are_refused_and_change_nothing(
         started = time.monotonic()
         rss = []
         sent = 0
-        for stream in (ITEMS, MORE_ITEMS):
+        for stream in (ITEMS, MORE_ITEMS, EVEN_MORE_ITEMS):
             for _, level, payload in stream:
                 sender.publish(f"{topics.root}/update/{level}", payload, qos=1)
             sent += len(stream)
@@ -168,7 +169,8 @@ def test_ten_thousand_hostile_payloads_are_refused_and_change_nothing(
         seconds = time.monotonic() - started
         assert aggregator.alive, "the daemon died of hostile input"
         # The acks of the last payloads may trail the status a little.
-        acked = sum(kind not in ("bad_topic", "chunk_garbage") for kind, _, _ in ITEMS + MORE_ITEMS)
+        streams = ITEMS + MORE_ITEMS + EVEN_MORE_ITEMS
+        acked = sum(kind not in ("bad_topic", "chunk_garbage") for kind, _, _ in streams)
         wait_for(lambda: (watcher.poll(), watcher.acks["rejected"])[1] >= acked, 30, "acks")
     finally:
         sender.stop()
@@ -183,9 +185,9 @@ def test_ten_thousand_hostile_payloads_are_refused_and_change_nothing(
     assert watcher.acks == Counter({"rejected": acked})
     # Memory is bounded by the limits (inbox, decode limits, one decision per node),
     # not by how much garbage arrives: after the first stream has set the
-    # allocator's high-water mark, a second one must not add to it. A leak of
-    # even 500 bytes per payload would add 5 MiB here.
-    assert rss[1] - rss[0] < 4 * 2**20, rss
+    # allocator's high-water mark (two streams, to let it settle), a third must
+    # not add to it. A leak of even 500 bytes per payload would add 5 MiB here.
+    assert rss[2] - rss[1] < 4 * 2**20, rss
 
     latest = BusClient("test-fuzz-late", address, persistent_session=False)
     latest.subscribe(topics.model)
