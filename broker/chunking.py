@@ -24,7 +24,13 @@ from dataclasses import dataclass, field, replace
 
 import msgpack
 
-from fedbus.broker.codec import DEFAULT_LIMITS, DecodeLimits, _get, _non_negative, unpack_map
+from fedbus.broker.codec import (
+    DEFAULT_LIMITS,
+    DecodeLimits,
+    non_negative_field,
+    required_field,
+    unpack_map,
+)
 from fedbus.broker.errors import CodecError, PayloadTooLargeError, UnsupportedVersionError
 from fedbus.broker.messages import PROTOCOL_VERSION
 from fedbus.broker.topics import parse_chunk_topic
@@ -190,14 +196,14 @@ def _decode(payload: bytes, limits: DecodeLimits, max_message_bytes: int, max_ch
             f"chunk: protocol version {version} not supported (this build speaks "
             f"{PROTOCOL_VERSION})"
         )
-    xfer = _get(body, "xfer", bytes, "chunk")
+    xfer = required_field(body, "xfer", bytes, "chunk")
     if len(xfer) != XFER_BYTES:
         raise CodecError(f"chunk: 'xfer' must be {XFER_BYTES} bytes, got {len(xfer)}")
-    index = _non_negative(body, "i", "chunk")
-    count = _non_negative(body, "n", "chunk")
-    size = _non_negative(body, "size", "chunk")
-    crc = _non_negative(body, "crc", "chunk")
-    data = _get(body, "data", bytes, "chunk")
+    index = non_negative_field(body, "i", "chunk")
+    count = non_negative_field(body, "n", "chunk")
+    size = non_negative_field(body, "size", "chunk")
+    crc = non_negative_field(body, "crc", "chunk")
+    data = required_field(body, "data", bytes, "chunk")
     if not 1 <= count <= max_chunks:
         raise CodecError(f"chunk: 'n' must be in 1..{max_chunks}, got {count}")
     if index >= count:

@@ -57,7 +57,7 @@ DEFAULT_LIMITS = DecodeLimits()
 # ---------------------------------------------------------------- encoding
 
 
-def _tensor_map(tensor: WireTensor) -> dict[str, Any]:
+def tensor_to_map(tensor: WireTensor) -> dict[str, Any]:
     return {
         "name": tensor.name,
         "dtype": tensor.dtype,
@@ -84,7 +84,7 @@ def _body(message: Message) -> dict[str, Any]:
             "type": MessageType.MODEL.value,
             "version": message.version,
             "task": _task_map(message.task),
-            "tensors": [_tensor_map(t) for t in message.tensors],
+            "tensors": [tensor_to_map(t) for t in message.tensors],
         }
     if isinstance(message, UpdateMessage):
         body: dict[str, Any] = {
@@ -93,7 +93,7 @@ def _body(message: Message) -> dict[str, Any]:
             "seq": message.seq,
             "base_version": message.base_version,
             "num_samples": message.num_samples,
-            "tensors": [_tensor_map(t) for t in message.tensors],
+            "tensors": [tensor_to_map(t) for t in message.tensors],
         }
         if message.train_loss is not None:
             body["train_loss"] = float(message.train_loss)
@@ -137,7 +137,9 @@ def encode(message: Message) -> bytes:
 T = TypeVar("T")
 
 
-def _get(body: Mapping[str, Any], key: str, kind: type[T] | tuple[type, ...], where: str) -> T:
+def required_field(
+    body: Mapping[str, Any], key: str, kind: type[T] | tuple[type, ...], where: str
+) -> T:
     """Fetch a required field and check its msgpack type (bool is not an int)."""
     if key not in body:
         raise CodecError(f"{where}: missing field {key!r}")
@@ -153,7 +155,7 @@ def _get(body: Mapping[str, Any], key: str, kind: type[T] | tuple[type, ...], wh
 def _optional(body: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     if body.get(key) is None:
         return None
-    return _get(body, key, kind, where)
+    return required_field(body, key, kind, where)
 
 
 def _names(kinds: tuple[type, ...]) -> str:
@@ -164,15 +166,15 @@ def _kind(value: object) -> str:
     return type(value).__name__
 
 
-def _non_negative(body: Mapping[str, Any], key: str, where: str) -> int:
-    value = _get(body, key, int, where)
+def non_negative_field(body: Mapping[str, Any], key: str, where: str) -> int:
+    value = required_field(body, key, int, where)
     if value < 0 or value >= 2**63:
         raise CodecError(f"{where}: field {key!r} out of range: {value}")
     return value
 
 
 def _optional_non_negative(body: Mapping[str, Any], key: str, where: str) -> int | None:
-    return None if body.get(key) is None else _non_negative(body, key, where)
+    return None if body.get(key) is None else non_negative_field(body, key, where)
 
 
 def _shape(raw: Any, where: str, limits: DecodeLimits) -> tuple[int, ...]:
@@ -188,15 +190,15 @@ def _shape(raw: Any, where: str, limits: DecodeLimits) -> tuple[int, ...]:
     return tuple(raw)
 
 
-def _tensor(raw: Any, limits: DecodeLimits) -> WireTensor:
+def tensor_from_map(raw: Any, limits: DecodeLimits) -> WireTensor:
     if not isinstance(raw, dict):
         raise CodecError(f"tensor must be a map, got {_kind(raw)}")
-    name = _get(raw, "name", str, "tensor")
+    name = required_field(raw, "name", str, "tensor")
     where = f"tensor {name!r}"
-    codec = _get(raw, "codec", str, where)
+    codec = required_field(raw, "codec", str, where)
     if codec not in SUPPORTED_CODECS:
         raise CodecError(f"{where}: unsupported codec {codec!r}")
-    dtype = _get(raw, "dtype", str, where)
+    dtype = required_field(raw, "dtype", str, where)
     if dtype != FLOAT32:
         raise CodecError(f"{where}: unsupported dtype {dtype!r}")
     tensor = WireTensor(
@@ -204,7 +206,7 @@ def _tensor(raw: Any, limits: DecodeLimits) -> WireTensor:
         dtype=dtype,
         shape=_shape(raw.get("shape"), where, limits),
         codec=codec,
-        data=_get(raw, "data", bytes, where),
+        data=required_field(raw, "data", bytes, where),
     )
     if len(tensor.data) != tensor.expected_nbytes():
         raise CodecError(
@@ -214,36 +216,36 @@ def _tensor(raw: Any, limits: DecodeLimits) -> WireTensor:
 
 
 def _tensors(body: Mapping[str, Any], limits: DecodeLimits, where: str) -> tuple[WireTensor, ...]:
-    raw = _get(body, "tensors", list, where)
+    raw = required_field(body, "tensors", list, where)
     if len(raw) > limits.max_tensors:
         raise CodecError(f"{where}: {len(raw)} tensors, limit {limits.max_tensors}")
-    return tuple(_tensor(t, limits) for t in raw)
+    return tuple(tensor_from_map(t, limits) for t in raw)
 
 
 def _task(raw: Any, limits: DecodeLimits) -> TrainingTask:
     if not isinstance(raw, dict):
         raise CodecError("task must be a map")
     shapes: dict[str, tuple[int, ...]] = {}
-    for entry in _get(raw, "weights", list, "task"):
+    for entry in required_field(raw, "weights", list, "task"):
         if not isinstance(entry, dict):
             raise CodecError("task: weights entries must be maps")
-        name = _get(entry, "name", str, "task weight")
+        name = required_field(entry, "name", str, "task weight")
         if name in shapes:
             raise CodecError(f"task: weight {name!r} listed twice")
         shapes[name] = _shape(entry.get("shape"), f"task weight {name!r}", limits)
     return TrainingTask(
-        name=_get(raw, "name", str, "task"),
-        learner=_get(raw, "learner", str, "task"),
+        name=required_field(raw, "name", str, "task"),
+        learner=required_field(raw, "learner", str, "task"),
         weight_shapes=shapes,
-        local_epochs=_get(raw, "local_epochs", int, "task"),
-        batch_size=_get(raw, "batch_size", int, "task"),
-        learning_rate=float(_get(raw, "learning_rate", (float, int), "task")),
+        local_epochs=required_field(raw, "local_epochs", int, "task"),
+        batch_size=required_field(raw, "batch_size", int, "task"),
+        learning_rate=float(required_field(raw, "learning_rate", (float, int), "task")),
     )
 
 
 def _model(body: Mapping[str, Any], limits: DecodeLimits) -> ModelMessage:
     return ModelMessage(
-        version=_non_negative(body, "version", "model"),
+        version=non_negative_field(body, "version", "model"),
         task=_task(body.get("task"), limits),
         tensors=_tensors(body, limits, "model"),
     )
@@ -252,10 +254,10 @@ def _model(body: Mapping[str, Any], limits: DecodeLimits) -> ModelMessage:
 def _update(body: Mapping[str, Any], limits: DecodeLimits) -> UpdateMessage:
     loss = _optional(body, "train_loss", (float, int), "update")
     return UpdateMessage(
-        node=_get(body, "node", str, "update"),
-        seq=_non_negative(body, "seq", "update"),
-        base_version=_non_negative(body, "base_version", "update"),
-        num_samples=_get(body, "num_samples", int, "update"),
+        node=required_field(body, "node", str, "update"),
+        seq=non_negative_field(body, "seq", "update"),
+        base_version=non_negative_field(body, "base_version", "update"),
+        num_samples=required_field(body, "num_samples", int, "update"),
         tensors=_tensors(body, limits, "update"),
         train_loss=None if loss is None else float(loss),
     )
@@ -268,10 +270,10 @@ def _ack(body: Mapping[str, Any], limits: DecodeLimits) -> AckMessage:
     except ValueError:
         raise CodecError(f"ack: unknown reason {reason!r}") from None
     return AckMessage(
-        node=_get(body, "node", str, "ack"),
+        node=required_field(body, "node", str, "ack"),
         seq=_optional_non_negative(body, "seq", "ack"),
-        accepted=_get(body, "accepted", bool, "ack"),
-        version=_non_negative(body, "version", "ack"),
+        accepted=required_field(body, "accepted", bool, "ack"),
+        version=non_negative_field(body, "version", "ack"),
         reason=parsed_reason,
         detail=_optional(body, "detail", str, "ack") or "",
         duplicate=bool(_optional(body, "duplicate", bool, "ack")),
@@ -279,13 +281,13 @@ def _ack(body: Mapping[str, Any], limits: DecodeLimits) -> AckMessage:
 
 
 def _node_status(body: Mapping[str, Any], limits: DecodeLimits) -> NodeStatus:
-    state = _get(body, "state", str, "node_status")
+    state = required_field(body, "state", str, "node_status")
     try:
         parsed_state = NodeState(state)
     except ValueError:
         raise CodecError(f"node_status: unknown state {state!r}") from None
     return NodeStatus(
-        node=_get(body, "node", str, "node_status"),
+        node=required_field(body, "node", str, "node_status"),
         state=parsed_state,
         version=_optional_non_negative(body, "version", "node_status"),
     )
@@ -304,8 +306,8 @@ def _counters(raw: dict[str, Any]) -> dict[str, Any]:
 
 def _aggregator_status(body: Mapping[str, Any], limits: DecodeLimits) -> AggregatorStatus:
     return AggregatorStatus(
-        state=_get(body, "state", str, "aggregator_status"),
-        version=_non_negative(body, "version", "aggregator_status"),
+        state=required_field(body, "state", str, "aggregator_status"),
+        version=non_negative_field(body, "version", "aggregator_status"),
         mode=_optional(body, "mode", str, "aggregator_status") or "",
         counters=_counters(_optional(body, "counters", dict, "aggregator_status") or {}),
     )

@@ -56,7 +56,7 @@ from typing import Any, Protocol
 import msgpack
 import numpy as np
 
-from fedbus.broker.codec import DecodeLimits, _tensor, _tensor_map, unpack_map
+from fedbus.broker.codec import DecodeLimits, tensor_from_map, tensor_to_map, unpack_map
 from fedbus.broker.durable_files import fsync_directory, write_atomically
 from fedbus.broker.errors import CodecError, FedbusError
 from fedbus.broker.tensors import encode_f32
@@ -150,7 +150,7 @@ def encode_device_state(state: DeviceState) -> bytes:
             "format": STATE_FORMAT,
             "next_seq": state.next_seq,
             "model_version": state.model_version,
-            "residual": [_tensor_map(encode_f32(n, a)) for n, a in state.residual.items()],
+            "residual": [tensor_to_map(encode_f32(n, a)) for n, a in state.residual.items()],
         },
         use_bin_type=True,
     )
@@ -183,7 +183,7 @@ def _state_from_map(raw: dict[str, Any]) -> DeviceState:
         raise ValueError("field 'residual' must be a list of tensors")
     residual: dict[str, np.ndarray] = {}
     for entry in tensors:
-        tensor = _tensor(entry, LIMITS)  # checks dtype, shape and byte length
+        tensor = tensor_from_map(entry, LIMITS)  # checks dtype, shape and byte length
         if tensor.name in residual:
             raise ValueError(f"residual {tensor.name!r} stored twice")
         residual[tensor.name] = tensor.to_array()
