@@ -64,6 +64,34 @@ def bus_from_args(args: argparse.Namespace) -> tuple[BrokerAddress, Topics]:
     )
 
 
+def add_tool_arguments(parser: argparse.ArgumentParser, role: str) -> None:
+    """Options of the bus tools (record, replay): client id, progress, connect timeout."""
+    parser.add_argument(
+        "--client-id", default=None, help=f"MQTT client id (default fedbus-<fleet>-{role}-<pid>)"
+    )
+    parser.add_argument(
+        "--progress-every",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="log progress this often on stderr (0: never; default %(default)s)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up (exit 1) if the broker does not answer within this (default %(default)s)",
+    )
+
+
+def check_tool_arguments(args: argparse.Namespace) -> None:
+    if not args.connect_timeout > 0:
+        raise ConfigError(f"--connect-timeout must be > 0, got {args.connect_timeout}")
+    if args.progress_every < 0:
+        raise ConfigError(f"--progress-every must be >= 0, got {args.progress_every}")
+
+
 def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]

@@ -30,7 +30,9 @@ from typing import BinaryIO
 from fedbus.broker.cli_common import (
     add_bus_arguments,
     add_logging_arguments,
+    add_tool_arguments,
     bus_from_args,
+    check_tool_arguments,
     command_main,
     setup_logging,
     stop_on_signals,
@@ -113,24 +115,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force", action="store_true", help="overwrite OUTPUT if it exists (default: refuse)"
     )
-    parser.add_argument(
-        "--client-id", default=None, help="MQTT client id (default fedbus-<fleet>-recorder-<pid>)"
-    )
-    parser.add_argument(
-        "--progress-every",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="log progress this often on stderr (0: never; default %(default)s)",
-    )
+    add_tool_arguments(parser, "recorder")
     add_bus_arguments(parser)
-    parser.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="give up (exit 1) if the broker does not answer within this (default %(default)s)",
-    )
     add_logging_arguments(parser)
 
 
@@ -230,10 +216,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--duration must be > 0, got {args.duration}")
     if args.count is not None and args.count < 1:
         raise ConfigError(f"--count must be >= 1, got {args.count}")
-    if not args.connect_timeout > 0:
-        raise ConfigError(f"--connect-timeout must be > 0, got {args.connect_timeout}")
-    if args.progress_every < 0:
-        raise ConfigError(f"--progress-every must be >= 0, got {args.progress_every}")
+    check_tool_arguments(args)
     meta = parse_meta(args.meta)
     filters = channel_filters(topics, args.channels)
     client = BusClient(

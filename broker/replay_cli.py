@@ -40,7 +40,9 @@ from typing import TYPE_CHECKING, Any
 from fedbus.broker.cli_common import (
     add_bus_arguments,
     add_logging_arguments,
+    add_tool_arguments,
     bus_from_args,
+    check_tool_arguments,
     command_main,
     setup_logging,
     stop_on_signals,
@@ -102,24 +104,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="publish nothing: print the header and what would be published as JSON",
     )
-    parser.add_argument(
-        "--client-id", default=None, help="MQTT client id (default fedbus-<fleet>-replay-<pid>)"
-    )
-    parser.add_argument(
-        "--progress-every",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="log progress this often on stderr (0: never; default %(default)s)",
-    )
+    add_tool_arguments(parser, "replay")
     add_bus_arguments(parser)
-    parser.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="give up (exit 1) if the broker does not answer within this (default %(default)s)",
-    )
     parser.set_defaults(fleet=None)  # the recording's own fleet
     add_logging_arguments(parser)
 
@@ -300,10 +286,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--speed must be > 0, got {args.speed}")
     if not args.ack_timeout > 0:
         raise ConfigError(f"--ack-timeout must be > 0, got {args.ack_timeout}")
-    if not args.connect_timeout > 0:
-        raise ConfigError(f"--connect-timeout must be > 0, got {args.connect_timeout}")
-    if args.progress_every < 0:
-        raise ConfigError(f"--progress-every must be >= 0, got {args.progress_every}")
+    check_tool_arguments(args)
     header = _read_header(args.recording)
     try:
         source = Topics(header.fleet)

@@ -16,6 +16,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,58 @@ def _fleet(address: BrokerAddress, topics: Topics, nodes: int = 20) -> Fleet:
     return Fleet(partitions, address, topics, seed=0, ack_timeout=2.0)
 
 
+@dataclass
+class TrainingRun:
+    """A broker's fleet in training: the aggregator process, the ledger, 20 nodes."""
+
+    aggregator: AggregatorProcess
+    ledger: AckLedger
+    fleet: Fleet
+    state_dir: Path
+
+    @classmethod
+    def start(
+        cls,
+        broker,
+        tmp_path: Path,
+        reaper: list[AggregatorProcess],
+        fleet_id: str,  # type: ignore[no-untyped-def]
+    ) -> TrainingRun:
+        address = BrokerAddress(broker.host, broker.port)
+        topics = Topics(fleet_id)
+        state_dir = tmp_path / "aggregator"
+        aggregator = AggregatorProcess(address, topics, state_dir, tmp_path / "aggregator.log")
+        reaper.append(aggregator)
+        run = cls(
+            aggregator, AckLedger(address, topics).start(), _fleet(address, topics), state_dir
+        )
+        aggregator.start()
+        run.fleet.start()
+        return run
+
+    def wait_for_model(self) -> None:
+        self.fleet.wait_connected(30)
+        wait_for(lambda: self.latest_version() is not None, 30, "a model")
+
+    def latest_version(self) -> int | None:
+        self.ledger.poll(0.05)
+        return None if self.ledger.latest_model is None else self.ledger.latest_model.version
+
+    def watch(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.ledger.poll(0.05)
+
+    def finish(self) -> None:
+        """Stop the fleet, then the aggregator cleanly (it checkpoints), then the ledger."""
+        self.fleet.stop()
+        time.sleep(0.5)
+        self.ledger.poll(0.2)
+        assert self.aggregator.stop() == 0
+        self.ledger.poll(0.5)
+        self.ledger.stop()
+
+
 def _check_history(aggregator: AggregatorProcess, ledger: AckLedger, state_dir: Path) -> dict:  # type: ignore[type-arg]
     report = aggregator.audit()
     assert report["consistent"], report
@@ -72,29 +125,17 @@ def test_aggregator_sigkilled_ten_times_loses_no_acknowledged_update(
     tmp_path: Path,
     reaper: list[AggregatorProcess],
 ) -> None:
-    address = BrokerAddress(mosquitto_broker.host, mosquitto_broker.port)
-    topics = Topics("killagg")
-    state_dir = tmp_path / "aggregator"
-    aggregator = AggregatorProcess(address, topics, state_dir, tmp_path / "aggregator.log")
-    reaper.append(aggregator)
-    ledger = AckLedger(address, topics).start()
-    fleet = _fleet(address, topics)
+    run = TrainingRun.start(mosquitto_broker, tmp_path, reaper, "killagg")
+    aggregator, ledger = run.aggregator, run.ledger
     task = load_digits_task()
     rng = random.Random(20261122)
-    aggregator.start()
-    fleet.start()
     try:
-        fleet.wait_connected(30)
-        wait_for(lambda: (ledger.poll(0.05), ledger.latest_model)[1] is not None, 30, "a model")
+        run.wait_for_model()
         versions_at_kill = []
         for _ in range(10):
-            pause = rng.uniform(0.4, 1.5)
-            end = time.monotonic() + pause
-            while time.monotonic() < end:
-                ledger.poll(0.05)
+            run.watch(rng.uniform(0.4, 1.5))
             aggregator.kill()
-            assert ledger.latest_model is not None
-            versions_at_kill.append(ledger.latest_model.version)
+            versions_at_kill.append(run.latest_version())
             aggregator.start()
         # Train on after the last restart until the model is good enough.
         wait_for(
@@ -106,19 +147,14 @@ def test_aggregator_sigkilled_ten_times_loses_no_acknowledged_update(
             f"test accuracy {TARGET_ACCURACY}",
         )
     finally:
-        fleet.stop()
-    time.sleep(0.5)
-    ledger.poll(0.2)
-    assert aggregator.stop() == 0
-    ledger.poll(0.5)
-    ledger.stop()
+        run.finish()
 
     assert aggregator.starts == 11
     assert versions_at_kill[-1] > versions_at_kill[0], "training made no progress across kills"
-    report = _check_history(aggregator, ledger, state_dir)
+    report = _check_history(aggregator, ledger, run.state_dir)
     print(
         f"kills at versions {versions_at_kill}; audit {report}; "
-        f"duplicate acks {ledger.duplicate_acks}, fleet {fleet.totals()}"
+        f"duplicate acks {ledger.duplicate_acks}, fleet {run.fleet.totals()}"
     )
     assert report["updates_in_journal"] >= len(ledger.accepted) > 0
     assert ledger.latest_model is not None
@@ -130,48 +166,30 @@ def test_broker_sigkilled_during_training_loses_no_acknowledged_update(
     tmp_path: Path,
     reaper: list[AggregatorProcess],
 ) -> None:
-    address = BrokerAddress(mosquitto_broker.host, mosquitto_broker.port)
-    topics = Topics("killbroker")
-    state_dir = tmp_path / "aggregator"
-    aggregator = AggregatorProcess(address, topics, state_dir, tmp_path / "aggregator.log")
-    reaper.append(aggregator)
-    ledger = AckLedger(address, topics).start()
-    fleet = _fleet(address, topics)
+    run = TrainingRun.start(mosquitto_broker, tmp_path, reaper, "killbroker")
+    aggregator, ledger = run.aggregator, run.ledger
     rng = random.Random(7)
-    aggregator.start()
-    fleet.start()
     try:
-        fleet.wait_connected(30)
-        wait_for(lambda: (ledger.poll(0.05), ledger.latest_model)[1] is not None, 30, "a model")
+        run.wait_for_model()
         for _ in range(3):
-            end = time.monotonic() + rng.uniform(0.5, 1.5)
-            while time.monotonic() < end:
-                ledger.poll(0.05)
+            run.watch(rng.uniform(0.5, 1.5))
             # SIGKILL: whatever mosquitto held in memory (queued updates, acks in
             # flight, the retained model since its last autosave) is gone.
             mosquitto_broker.kill()
             time.sleep(rng.uniform(0.2, 1.0))
             mosquitto_broker.restart()
-            version = ledger.latest_model.version if ledger.latest_model else 0
+            version = run.latest_version() or 0
             wait_for(
-                lambda v=version: (
-                    (ledger.poll(0.05), ledger.latest_model)[1] is not None
-                    and ledger.latest_model.version > v + 2
-                ),
+                lambda v=version: (run.latest_version() or 0) > v + 2,
                 60,
                 "training to go on after the broker restart",
             )
         assert aggregator.alive, "the aggregator must ride out a broker restart"
     finally:
-        fleet.stop()
-    time.sleep(0.5)
-    ledger.poll(0.2)
-    assert aggregator.stop() == 0
-    ledger.poll(0.5)
-    ledger.stop()
+        run.finish()
 
-    report = _check_history(aggregator, ledger, state_dir)
-    totals = fleet.totals()
+    report = _check_history(aggregator, ledger, run.state_dir)
+    totals = run.fleet.totals()
     print(f"audit {report}; duplicate acks {ledger.duplicate_acks}; fleet {totals}")
     assert totals.resends > 0, "nodes must resend what the dead broker may have lost"
     assert ledger.duplicate_acks > 0, "resent updates that were applied get a duplicate ack"
