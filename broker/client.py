@@ -43,6 +43,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from fedbus.broker.chunking import DEFAULT_CHUNK_LIMIT, Reassembler, needs_chunking, split_message
 from fedbus.broker.errors import BrokerError, CodecError
@@ -133,7 +134,8 @@ class BusClient:
         self.inbox: queue.Queue[Received] = queue.Queue(maxsize=inbox_size)
         self.connected = threading.Event()
         self.connect_count = 0
-        self._subscriptions: dict[str, int] = {}
+        #: filter -> (qos, retain as published)
+        self._subscriptions: dict[str, tuple[int, bool]] = {}
         self._lock = threading.Lock()
         self.reassembler = Reassembler()
         self._chunk_log = ThrottledLog(log, window=10.0, level=logging.WARNING)
@@ -215,10 +217,14 @@ class BusClient:
 
     # ------------------------------------------------------------ messaging
 
-    def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+    def subscribe(
+        self, topic_filter: str, qos: int = 1, *, retain_as_published: bool = False
+    ) -> None:
         """Subscribe now (if connected) and again after every reconnect.
 
         Also subscribes to the chunks of messages on `topic_filter`.
+        `retain_as_published` (MQTT 5 only): keep the publisher's retain flag on
+        live messages instead of the broker clearing it, e.g. for a recorder.
         """
         filters = [topic_filter]
         extra = chunk_filter(topic_filter)
@@ -226,10 +232,19 @@ class BusClient:
             filters.append(extra)
         with self._lock:
             for each in filters:
-                self._subscriptions[each] = qos
+                self._subscriptions[each] = (qos, retain_as_published)
         if self.connected.is_set():
             for each in filters:
-                self._client.subscribe(each, qos)
+                self._subscribe_now(self._client, each, qos, retain_as_published)
+
+    def _subscribe_now(
+        self, client: paho.Client, topic_filter: str, qos: int, retain_as_published: bool
+    ) -> None:
+        if self.protocol == "5":
+            options = SubscribeOptions(qos=qos, retainAsPublished=retain_as_published)
+            client.subscribe(topic_filter, options=options)
+        else:
+            client.subscribe(topic_filter, qos)
 
     def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
@@ -346,8 +361,8 @@ class BusClient:
             return
         with self._lock:
             subscriptions = list(self._subscriptions.items())
-        for topic_filter, qos in subscriptions:
-            client.subscribe(topic_filter, qos)
+        for topic_filter, (qos, retain_as_published) in subscriptions:
+            self._subscribe_now(client, topic_filter, qos, retain_as_published)
         self._reconnect_attempt = 0
         self._schedule_reconnect()
         self.connect_count += 1

@@ -7,9 +7,11 @@ SIGTERM, after --duration seconds or after --count messages; the file is
 readable up to the last whole message even if the recorder is killed.
 
 Subscriptions are QoS 2, so each message keeps the QoS its publisher used.
-The retain flag is the one the broker delivered: true for retained messages
-sent when the recorder subscribed, false for everything forwarded live (the
-broker clears it), whatever the publisher set. A message that travels in chunks
+The retain flag is the publisher's: the recorder subscribes with MQTT 5's
+"retain as published", so a live retained publish (a model, a status) is
+recorded as retained and replays as one; retained messages the broker sends
+at subscribe time are marked retained too. (Over MQTT 3.1.1 the broker clears
+the flag on live messages.) A message that travels in chunks
 (docs/PROTOCOL.md, chunking) is recorded once, whole, under its own topic, as
 the bus client hands it over.
 
@@ -225,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
         persistent_session=False,
     )
     for topic_filter in filters:
-        client.subscribe(topic_filter, qos=2)
+        client.subscribe(topic_filter, qos=2, retain_as_published=True)
     stopping = threading.Event()
     stop_on_signals(stopping)
     with _open_output(args.output, args.force) as stream:

@@ -220,14 +220,14 @@ def test_record_then_replay_keeps_order_topics_qos_retain_and_payloads(
         stderr=subprocess.PIPE,
         text=True,
     )
-    live = [
-        (topics.update("n1"), b"u1", 1),
-        (topics.metrics("n1"), b"m1", 0),
-        (topics.status("n2"), b"s2", 1),
+    live = [  # topic, payload, qos, retain
+        (topics.update("n1"), b"u1", 1, False),
+        (topics.metrics("n1"), b"m1", 0, False),
+        (topics.status("n2"), b"s2", 1, True),
         # Over the bus's chunk limit: it travels as chunks, is recorded whole and
         # travels as chunks again on replay.
-        (topics.update("n2"), b"u2" * 150_000, 1),
-        (topics.model, b"model", 1),
+        (topics.update("n2"), b"u2" * 150_000, 1, False),
+        (topics.model, b"model", 1, False),
     ]
     assert len(live[3][1]) > DEFAULT_CHUNK_LIMIT
     try:
@@ -236,8 +236,8 @@ def test_record_then_replay_keeps_order_topics_qos_retain_and_payloads(
             assert time.monotonic() < deadline and recorder.poll() is None
             time.sleep(0.02)
         time.sleep(0.2)  # the header is written once subscribed; settle anyway
-        for topic, payload, qos in live:
-            publisher.publish(topic, payload, qos=qos).wait_for_publish(5)
+        for topic, payload, qos, retain in live:
+            publisher.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(5)
         # Execute: --count 6 stops the recorder after the retained message and the five.
         assert recorder.wait(30) == 0, recorder.stderr.read() if recorder.stderr else ""
     finally:
@@ -250,7 +250,7 @@ def test_record_then_replay_keeps_order_topics_qos_retain_and_payloads(
     assert header.fleet == topics.fleet and header.filters == (topics.everything,)
     assert [(r.topic, r.payload, r.qos, r.retain) for r in records] == [
         (topics.status("n0"), b"\x85old", 1, True),
-        *[(topic, payload, qos, False) for topic, payload, qos in live],
+        *live,  # the live retained status too: retain as published
     ]
     assert [r.t_ns for r in records] == sorted(r.t_ns for r in records)
 
@@ -274,22 +274,23 @@ def test_record_then_replay_keeps_order_topics_qos_retain_and_payloads(
         got = _collect(listener, 6)
     finally:
         listener.stop()
-    # A live subscriber sees the retain flag cleared, as the recorder did...
+    # A plain live subscriber sees every message in order (the broker clears retain)...
     assert [(r.topic, r.payload, r.qos) for r in got] == [
         (moved.root + r.topic[len(topics.root) :], r.payload, r.qos) for r in records
     ]
-    # ...and the one message recorded as retained is retained again.
+    # ...and the two messages recorded as retained are retained again.
     late = BusClient("test-late-joiner", listener.address, persistent_session=False)
     late.subscribe(moved.everything)
     late.start()
     try:
         late.wait_connected(10)
-        retained = _collect(late, 1)
+        retained = sorted(_collect(late, 2), key=lambda r: r.topic)
         assert late.receive(0.3) is None
     finally:
         late.stop()
     assert [(r.topic, r.payload, r.retain) for r in retained] == [
-        (moved.status("n0"), b"\x85old", True)
+        (moved.status("n0"), b"\x85old", True),
+        (moved.status("n2"), b"s2", True),
     ]
 
 
