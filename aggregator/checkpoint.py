@@ -39,6 +39,10 @@ class CheckpointError(FedbusError):
     """A checkpoint is unreadable or belongs to a different configuration."""
 
 
+class CheckpointMismatchError(CheckpointError):
+    """A readable checkpoint made for another task or other aggregation settings."""
+
+
 def checkpoint_name(checkpoint_id: int) -> str:
     return f"checkpoint-{checkpoint_id:08d}.ckpt"
 
@@ -126,14 +130,16 @@ def restore(core: AggregatorCore, data: bytes) -> int:
     except (CodecError, KeyError, TypeError, ValueError, msgpack.UnpackException) as exc:
         raise CheckpointError(f"unreadable checkpoint: {exc}") from exc
     if model.task != core.task:
-        raise CheckpointError(
+        raise CheckpointMismatchError(
             f"checkpoint is for task {model.task.name!r} ({model.task}), "
             f"this aggregator runs {core.task}"
         )
     wanted = config_fingerprint(core.aggregator.config)
     if config != wanted:
         changed = sorted(k for k in wanted.keys() | config.keys() if config.get(k) != wanted.get(k))
-        raise CheckpointError(f"checkpoint was made with other aggregation settings: {changed}")
+        raise CheckpointMismatchError(
+            f"checkpoint was made with other aggregation settings: {changed}"
+        )
     shapes = core.task.weight_shapes
     agg = BufferedAggregator(core.aggregator.config, decode_weights(model.tensors, shapes))
     agg.version = model.version

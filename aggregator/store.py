@@ -28,6 +28,7 @@ from typing import Any
 
 from fedbus.aggregator.checkpoint import (
     CheckpointError,
+    CheckpointMismatchError,
     checkpoint_id,
     read_checkpoint,
     write_checkpoint,
@@ -129,9 +130,9 @@ class AggregatorStore:
             try:
                 read_checkpoint(core, path)
                 return found_id
+            except CheckpointMismatchError:
+                raise  # readable, but another run's: falling back would hide that
             except CheckpointError as exc:
-                if "other aggregation settings" in str(exc) or "is for task" in str(exc):
-                    raise
                 log.error("skipping unreadable checkpoint %s: %s", path.name, exc)
         return None
 
@@ -159,7 +160,8 @@ class AggregatorStore:
 
     def checkpoint(self, core: AggregatorCore) -> None:
         """Write the next recovery point and start its journal segment."""
-        self.writer.sync() if self._writer is not None else None
+        if self._writer is not None:
+            self._writer.sync()
         next_id = self.checkpoint_id + 1
         write_checkpoint(self.directory, core, next_id)
         if self._writer is not None:

@@ -1,10 +1,12 @@
 """Turning an untrusted update payload into a delta the buffer may use.
 
 Checks run cheapest first and stop at the first failure, so a hostile
-payload costs little: size, msgpack and schema (bounded), protocol version,
-node id in the body against the topic, enrolment, sequence number, base
-version and staleness, tensor layout, sample count, a scan for NaN or Inf
-and finally the L2 norm bound. Nothing here touches the model.
+payload costs little: size, msgpack and schema (bounded, the payload is
+unpacked once), protocol version, node id in the body against the topic,
+enrolment, sequence number, base version and staleness, sample count,
+tensor layout, a scan for NaN or Inf and finally the L2 norm bound. The
+scan and the norm are one float64 pass over the payload's own bytes.
+Nothing here touches the model.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedbus.broker.codec import DecodeLimits, decode, unpack_map
+from fedbus.broker.codec import DecodeLimits, decode_map, unpack_map
 from fedbus.broker.errors import (
     CodecError,
     PayloadTooLargeError,
@@ -38,6 +40,8 @@ class ValidUpdate:
     message: UpdateMessage
     delta: dict[str, np.ndarray]
     staleness: int
+    #: L2 norm of the whole delta (float64 accumulation), for bounds and metrics.
+    norm: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -52,42 +56,60 @@ class ValidationContext:
     limits: DecodeLimits
     #: Largest L2 norm of a whole delta (all tensors) accepted; None: no bound.
     max_update_norm: float | None = None
+    #: Largest `num_samples` accepted. The default is the uint range of the
+    #: protocol; a fleet that knows its nodes' data sizes should set its own,
+    #: since the sample count weighs an update and a node may lie about it.
+    max_num_samples: int = 2**63 - 1
+
+    def __post_init__(self) -> None:
+        bound = self.max_update_norm
+        if bound is not None and (isinstance(bound, bool) or not bound > 0):
+            raise ValueError(f"max_update_norm must be > 0 or None, got {bound!r}")
+        if self.max_num_samples < 1:
+            raise ValueError(f"max_num_samples must be >= 1, got {self.max_num_samples}")
+
+
+def _sum_of_squares(values: np.ndarray) -> float:
+    """Sum of the squared elements in float64, read in place (no array-sized copy).
+
+    Each float32 square is exact in float64 and at most 1.2e77, so the sum of
+    any realistic number of them is finite: it is NaN or inf exactly when an
+    element is. float32 accumulation would overflow to inf for large finite
+    values and lose digits on large tensors.
+    """
+    flat = values.reshape(-1)
+    with np.errstate(invalid="ignore"):  # a signalling NaN raises the flag when widened
+        return float(np.einsum("i,i->", flat, flat, dtype=np.float64))
 
 
 def update_norm(delta: Mapping[str, np.ndarray]) -> float:
-    """L2 norm over all tensors, accumulated in float64.
-
-    float32 accumulation would overflow to inf for finite deltas of large
-    magnitude (squares above 3.4e38) and lose digits on large models.
-    """
-    total = 0.0
-    for values in delta.values():
-        flat = values.reshape(-1)
-        total += float(np.einsum("i,i->", flat, flat, dtype=np.float64))
-    return math.sqrt(total)
+    """L2 norm over all tensors, accumulated in float64; NaN or inf if an element is."""
+    return math.sqrt(sum(_sum_of_squares(values) for values in delta.values()))
 
 
 def decode_update(payload: bytes, limits: DecodeLimits) -> UpdateMessage | Rejection:
+    """Unpack (once) and decode an update, or say why it cannot be used."""
     try:
-        return decode(payload, UpdateMessage, limits)
-    except UnsupportedVersionError as exc:
-        return Rejection(RejectReason.UNSUPPORTED_VERSION, str(exc), _readable_seq(payload, limits))
+        body = unpack_map(payload, limits)
     except PayloadTooLargeError as exc:
         return Rejection(RejectReason.OVERSIZE, str(exc))
     except CodecError as exc:
-        return Rejection(RejectReason.MALFORMED, str(exc), _readable_seq(payload, limits))
+        return Rejection(RejectReason.MALFORMED, str(exc))
+    try:
+        return decode_map(body, UpdateMessage, limits)
+    except UnsupportedVersionError as exc:
+        return Rejection(RejectReason.UNSUPPORTED_VERSION, str(exc), _readable_seq(body))
+    except CodecError as exc:
+        return Rejection(RejectReason.MALFORMED, str(exc), _readable_seq(body))
 
 
-def _readable_seq(payload: bytes, limits: DecodeLimits) -> int | None:
-    """The `seq` of an otherwise unusable update, if it can be read at all.
+def _readable_seq(body: Mapping[str, object]) -> int | None:
+    """The `seq` of an otherwise unusable update, if it is a uint.
 
     Echoing it in the rejecting ack lets the sender match the verdict to its
     pending update instead of resending the same broken bytes forever.
     """
-    try:
-        seq = unpack_map(payload, limits).get("seq")
-    except CodecError:
-        return None
+    seq = body.get("seq")
     return seq if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 2**63 else None
 
 
@@ -119,9 +141,11 @@ def validate_update(
         return Rejection(
             RejectReason.STALE, f"staleness {staleness} exceeds bound {ctx.max_staleness}", seq
         )
-    if message.num_samples < 1:
+    if not 1 <= message.num_samples <= ctx.max_num_samples:
         return Rejection(
-            RejectReason.BAD_SAMPLES, f"num_samples must be >= 1, got {message.num_samples}", seq
+            RejectReason.BAD_SAMPLES,
+            f"num_samples must be in 1..{ctx.max_num_samples}, got {message.num_samples}",
+            seq,
         )
     try:
         delta = decode_weights(message.tensors, ctx.layout)
@@ -129,15 +153,17 @@ def validate_update(
         return Rejection(RejectReason.WRONG_SHAPE, str(exc), seq)
     except CodecError as exc:
         return Rejection(RejectReason.MALFORMED, str(exc), seq)
+    total = 0.0
     for name, values in delta.items():
-        if not np.isfinite(values).all():
+        squares = _sum_of_squares(values)
+        if not math.isfinite(squares):
             return Rejection(RejectReason.NON_FINITE, f"tensor {name!r} holds NaN or Inf", seq)
-    if ctx.max_update_norm is not None:
-        norm = update_norm(delta)
-        if norm > ctx.max_update_norm:
-            return Rejection(
-                RejectReason.NORM_EXCEEDED,
-                f"update L2 norm {norm:.6g} exceeds bound {ctx.max_update_norm:g}",
-                seq,
-            )
-    return ValidUpdate(message, delta, staleness)
+        total += squares
+    norm = math.sqrt(total)
+    if ctx.max_update_norm is not None and norm > ctx.max_update_norm:
+        return Rejection(
+            RejectReason.NORM_EXCEEDED,
+            f"update L2 norm {norm:.6g} exceeds bound {ctx.max_update_norm:g}",
+            seq,
+        )
+    return ValidUpdate(message, delta, staleness, norm)

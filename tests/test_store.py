@@ -13,7 +13,12 @@ import numpy as np
 import pytest
 
 from fedbus.aggregator.buffer import AggregationConfig, BufferedAggregator
-from fedbus.aggregator.checkpoint import CheckpointError, restore, snapshot
+from fedbus.aggregator.checkpoint import (
+    CheckpointError,
+    CheckpointMismatchError,
+    restore,
+    snapshot,
+)
 from fedbus.aggregator.core import AggregatorCore
 from fedbus.aggregator.journal import (
     SEGMENT_MAGIC,
@@ -271,3 +276,13 @@ def test_segment_cut_off_inside_its_header_counts_as_empty(tmp_path: Path) -> No
     writer.append(JournalEntry.flush())
     writer.close()
     assert read_segment(path) == [JournalEntry.flush()]
+
+
+def test_state_of_another_configuration_is_refused_not_skipped(tmp_path: Path) -> None:
+    live = _core(AggregationConfig.fedbuff(3))
+    store = AggregatorStore(tmp_path)
+    store.recover(live)
+    _drive(live, store, steps=10, seed=1)
+    store.close(live)
+    with pytest.raises(CheckpointMismatchError, match="buffer_size"):
+        AggregatorStore(tmp_path).recover(_core(AggregationConfig.fedbuff(4)))
