@@ -23,8 +23,10 @@ from enum import Enum
 
 import numpy as np
 
+from fedbus.aggregator.server_optimizer import OptimizerSettings, OptimizerState, server_step
 from fedbus.aggregator.staleness import StalenessKind, StalenessWeighting
 from fedbus.broker.errors import ConfigError
+from fedbus.broker.tensors import WireTensor
 
 Weights = dict[str, np.ndarray]
 
@@ -45,6 +47,7 @@ class AggregationConfig:
     staleness: StalenessWeighting = field(default_factory=StalenessWeighting)
     max_staleness: int = 50
     weight_by_samples: bool = True
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
 
     def __post_init__(self) -> None:
         if self.buffer_size < 1:
@@ -88,19 +91,6 @@ def update_coefficient(
     return config.staleness.weight(staleness) * g, g
 
 
-def apply_buffer(
-    weights: Mapping[str, np.ndarray],
-    buffer: Mapping[str, np.ndarray],
-    normalizer: float,
-    server_lr: float,
-) -> Weights:
-    """The server step w + lr * buffer / normalizer, as new float32 arrays."""
-    if not normalizer > 0:
-        raise ValueError(f"normalizer must be > 0, got {normalizer}")
-    scale = np.float32(server_lr / normalizer)
-    return {name: (w + scale * buffer[name]).astype(np.float32) for name, w in weights.items()}
-
-
 @dataclass
 class BufferedAggregator:
     """The global model, its version and the buffer of not-yet-applied updates."""
@@ -113,25 +103,37 @@ class BufferedAggregator:
     normalizer: float = 0.0
     applied_updates: int = 0
     contributors: set[str] = field(default_factory=set)
+    optimizer_state: OptimizerState = field(init=False)
 
     def __post_init__(self) -> None:
         self.weights = {k: np.array(v, dtype=np.float32) for k, v in self.weights.items()}
         self.buffer = {k: np.zeros_like(v) for k, v in self.weights.items()}
+        self.optimizer_state = OptimizerState.fresh(self.config.optimizer, self.weights)
 
     def staleness_of(self, base_version: int) -> int:
         return self.version - base_version
 
     def add(
-        self, node: str, delta: Mapping[str, np.ndarray], base_version: int, num_samples: int
+        self,
+        node: str,
+        delta: Mapping[str, np.ndarray | WireTensor],
+        base_version: int,
+        num_samples: int,
     ) -> bool:
         """Buffer one validated update; step the model when K are buffered.
 
+        A delta tensor still in its wire encoding (any codec) is decoded
+        straight into the buffer by the fused kernels, with no float32 copy.
         Returns True when the model moved to a new version.
         """
         a, g = update_coefficient(self.config, self.staleness_of(base_version), num_samples)
         coefficient = np.float32(a)
         for name, acc in self.buffer.items():
-            acc += coefficient * delta[name]
+            tensor = delta[name]
+            if isinstance(tensor, WireTensor):
+                tensor.accumulate_into(acc.reshape(-1), float(coefficient))
+            else:
+                acc += coefficient * tensor
         self.buffered += 1
         self.normalizer += g
         self.contributors.add(node)
@@ -144,8 +146,13 @@ class BufferedAggregator:
         """Apply whatever is buffered (also a partial buffer, e.g. on a deadline)."""
         if self.buffered == 0:
             return False
-        self.weights = apply_buffer(
-            self.weights, self.buffer, self.normalizer, self.config.server_lr
+        self.weights = server_step(
+            self.config.optimizer,
+            self.optimizer_state,
+            self.weights,
+            self.buffer,
+            self.normalizer,
+            self.config.server_lr,
         )
         for acc in self.buffer.values():
             acc.fill(0.0)

@@ -62,11 +62,11 @@ def config_fingerprint(config: AggregationConfig) -> dict[str, Any]:
         return value.value if hasattr(value, "value") else value
 
     flat = dataclasses.asdict(config)
-    staleness = flat.pop("staleness")
-    return {
-        **{k: plain(v) for k, v in flat.items()},
-        **{f"staleness_{k}": plain(v) for k, v in staleness.items()},
-    }
+    nested = {part: flat.pop(part) for part in ("staleness", "optimizer")}
+    fingerprint = {k: plain(v) for k, v in flat.items()}
+    for part, values in nested.items():
+        fingerprint |= {f"{part}_{k}": plain(v) for k, v in values.items()}
+    return fingerprint
 
 
 def _counters_map(core: AggregatorCore) -> dict[str, Any]:
@@ -98,6 +98,11 @@ def snapshot(core: AggregatorCore, checkpoint_id: int) -> bytes:
             "normalizer": agg.normalizer,
             "applied_updates": agg.applied_updates,
             "contributors": sorted(agg.contributors),
+            "optimizer_step": agg.optimizer_state.step,
+            "optimizer_slots": {
+                slot: encode(ModelMessage(agg.version, core.task, encode_weights(tensors)))
+                for slot, tensors in agg.optimizer_state.slots.items()
+            },
             "decisions": [encode(ack) for _, ack in sorted(core.decisions.items())],
             "counters": _counters_map(core),
         },
@@ -151,6 +156,15 @@ def restore(core: AggregatorCore, data: bytes) -> int:
     agg.normalizer = float(raw["normalizer"])
     agg.applied_updates = int(raw["applied_updates"])
     agg.contributors = set(raw["contributors"])
+    try:
+        agg.optimizer_state.step = int(raw["optimizer_step"])
+        for slot, encoded in raw["optimizer_slots"].items():
+            tensors = decode(encoded, ModelMessage, _LIMITS).tensors
+            agg.optimizer_state.slots[slot] = {
+                k: np.array(v, dtype=np.float32) for k, v in decode_weights(tensors, shapes).items()
+            }
+    except (CodecError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"unreadable optimizer state: {exc}") from exc
     core.aggregator = agg
     core.decisions = {ack.node: ack for ack in decisions}
     c = core.counters

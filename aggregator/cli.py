@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from fedbus.aggregator.checkpoint import CheckpointError
 from fedbus.aggregator.core import AggregatorCore
 from fedbus.aggregator.daemon import AggregatorDaemon, DaemonSettings
 from fedbus.aggregator.journal import JournalError
+from fedbus.aggregator.server_optimizer import OptimizerSettings, ServerOptimizer
 from fedbus.aggregator.staleness import StalenessKind, StalenessWeighting
 from fedbus.aggregator.store import AggregatorStore, audit_history
 from fedbus.broker.cli_common import (
@@ -62,6 +64,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=1.0,
         help="server learning rate (the mixing alpha in fedasync mode)",
+    )
+    agg.add_argument(
+        "--server-optimizer",
+        choices=[o.value for o in ServerOptimizer],
+        default="sgd",
+        help="optimizer on the pseudo-gradient -mean(delta) (FedOpt): sgd (plain FedBuff), "
+        "fedavgm, fedadam or fedyogi",
+    )
+    agg.add_argument("--server-momentum", type=float, default=0.9, help="FedAvgM momentum")
+    agg.add_argument("--server-beta1", type=float, default=0.9, help="FedAdam/FedYogi beta1")
+    agg.add_argument("--server-beta2", type=float, default=0.99, help="FedAdam/FedYogi beta2")
+    agg.add_argument(
+        "--server-eps", type=float, default=1e-3, help="FedAdam/FedYogi adaptivity tau"
     )
     agg.add_argument("--staleness", choices=[k.value for k in StalenessKind], default="polynomial")
     agg.add_argument("--staleness-a", type=float, default=0.5, help="exponent / slope a")
@@ -133,8 +148,15 @@ def default_state_dir(fleet: str) -> Path:
 
 def aggregation_config(args: argparse.Namespace) -> AggregationConfig:
     mode = AggregationMode(args.mode)
+    optimizer = OptimizerSettings(
+        ServerOptimizer(args.server_optimizer),
+        args.server_momentum,
+        args.server_beta1,
+        args.server_beta2,
+        args.server_eps,
+    )
     if mode is AggregationMode.SYNC:
-        return AggregationConfig.sync(args.buffer_size)
+        return dataclasses.replace(AggregationConfig.sync(args.buffer_size), optimizer=optimizer)
     staleness = StalenessWeighting(
         StalenessKind(args.staleness), args.staleness_a, args.staleness_b
     )
@@ -145,6 +167,7 @@ def aggregation_config(args: argparse.Namespace) -> AggregationConfig:
         staleness=staleness,
         max_staleness=args.max_staleness,
         weight_by_samples=not args.uniform_weights,
+        optimizer=optimizer,
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from fedbus.aggregator.buffer import AggregationMode, BufferedAggregator
+from fedbus.aggregator.buffer import AggregationMode, BufferedAggregator, update_coefficient
 from fedbus.aggregator.counters import Counters
 from fedbus.aggregator.validation import (
     Rejection,
@@ -27,6 +27,11 @@ from fedbus.broker.tensors import encode_weights
 
 log = logging.getLogger(__name__)
 
+#: An update whose norm times its buffer weight reaches this is refused even
+#: without a configured norm bound: float32 ends at 3.4e38, and a buffer of
+#: such updates (or one update times a lying sample count) must stay finite.
+ACCUMULATION_GUARD = 1e30
+
 #: Each reject reason is logged at most once per this many seconds.
 REJECTION_LOG_WINDOW = 10.0
 
@@ -38,6 +43,8 @@ _NOT_A_VERDICT = frozenset(
         RejectReason.OVERSIZE,
         RejectReason.NODE_MISMATCH,
         RejectReason.REPLAY,
+        # Not remembered, or every id an intruder makes up would grow the table.
+        RejectReason.UNKNOWN_NODE,
     }
 )
 
@@ -119,6 +126,19 @@ class AggregatorCore:
                 now,
             )
         message = checked.message
+        weight, _ = update_coefficient(
+            self.aggregator.config, checked.staleness, message.num_samples
+        )
+        if not checked.norm * weight < ACCUMULATION_GUARD:
+            return self._reject(
+                topic_node,
+                Rejection(
+                    RejectReason.NORM_EXCEEDED,
+                    f"weighted norm {checked.norm * weight:.3g} would overflow the float32 buffer",
+                    decoded.seq,
+                ),
+                now,
+            )
         stepped = self.aggregator.add(
             topic_node, checked.delta, message.base_version, message.num_samples
         )

@@ -172,6 +172,7 @@ class AggregatorDaemon:
             self.client.ack(received)
         if acks:
             self._status_dirty = True
+        self.core.rejection_log.flush(now)
         if self._status_dirty and now >= self._status_due:
             self.publish_status()
             self._status_due = now + self.settings.status_interval

@@ -5,7 +5,8 @@ payload costs little: size, msgpack and schema (bounded, the payload is
 unpacked once), protocol version, node id in the body against the topic,
 enrolment, sequence number, base version and staleness, sample count,
 tensor layout, a scan for NaN or Inf and finally the L2 norm bound. The
-scan and the norm are one float64 pass over the payload's own bytes.
+scan and the norm are one float64 pass over the payload's own bytes for
+`f32` values. The delta stays encoded: the buffer decodes it into itself.
 Nothing here touches the model.
 """
 
@@ -20,12 +21,13 @@ import numpy as np
 from fedbus.broker.codec import DecodeLimits, decode_map, unpack_map
 from fedbus.broker.errors import (
     CodecError,
+    KernelInputError,
     PayloadTooLargeError,
     ShapeMismatchError,
     UnsupportedVersionError,
 )
 from fedbus.broker.messages import RejectReason, UpdateMessage
-from fedbus.broker.tensors import decode_weights
+from fedbus.broker.tensors import CODEC_F32, WireTensor, match_layout
 
 
 @dataclass(frozen=True)
@@ -38,10 +40,11 @@ class Rejection:
 @dataclass(frozen=True)
 class ValidUpdate:
     message: UpdateMessage
-    delta: dict[str, np.ndarray]
+    #: Still in its wire encoding; the buffer's fused kernels decode it.
+    delta: dict[str, WireTensor]
     staleness: int
     #: L2 norm of the whole delta (float64 accumulation), for bounds and metrics.
-    norm: float = 0.0
+    norm: float
 
 
 @dataclass(frozen=True)
@@ -72,19 +75,37 @@ class ValidationContext:
 def _sum_of_squares(values: np.ndarray) -> float:
     """Sum of the squared elements in float64, read in place (no array-sized copy).
 
-    Each float32 square is exact in float64 and at most 1.2e77, so the sum of
-    any realistic number of them is finite: it is NaN or inf exactly when an
+    Each float32 square is exact in float64 and at most 1.2e77, so a sum of
+    fewer than 1e231 of them is finite: it is NaN or inf exactly when an
     element is. float32 accumulation would overflow to inf for large finite
-    values and lose digits on large tensors.
+    values (3e38 squared) and lose digits on large tensors.
     """
     flat = values.reshape(-1)
     with np.errstate(invalid="ignore"):  # a signalling NaN raises the flag when widened
         return float(np.einsum("i,i->", flat, flat, dtype=np.float64))
 
 
-def update_norm(delta: Mapping[str, np.ndarray]) -> float:
+def _tensor_sum_of_squares(tensor: WireTensor) -> float:
+    """Sum of squares of what `tensor` decodes to; NaN/inf if a value or scale is not finite.
+
+    f32 values are read in place. q8/q4 are decoded to float32 first (a copy
+    of the tensor: a per-block form, scale^2 * sum(codes^2), would avoid it).
+    """
+    if tensor.value_codec == CODEC_F32:  # the values' own squares flag NaN/inf
+        return _sum_of_squares(tensor.values())
+    if not tensor.all_finite():
+        return math.nan
+    return _sum_of_squares(tensor.to_array())
+
+
+def update_norm(delta: Mapping[str, np.ndarray | WireTensor]) -> float:
     """L2 norm over all tensors, accumulated in float64; NaN or inf if an element is."""
-    return math.sqrt(sum(_sum_of_squares(values) for values in delta.values()))
+    return math.sqrt(
+        sum(
+            _tensor_sum_of_squares(t) if isinstance(t, WireTensor) else _sum_of_squares(t)
+            for t in delta.values()
+        )
+    )
 
 
 def decode_update(payload: bytes, limits: DecodeLimits) -> UpdateMessage | Rejection:
@@ -148,17 +169,17 @@ def validate_update(
             seq,
         )
     try:
-        delta = decode_weights(message.tensors, ctx.layout)
+        delta = match_layout(message.tensors, ctx.layout)
+        total = 0.0
+        for name, tensor in delta.items():
+            squares = _tensor_sum_of_squares(tensor)
+            if not math.isfinite(squares):
+                return Rejection(RejectReason.NON_FINITE, f"tensor {name!r} holds NaN or Inf", seq)
+            total += squares
     except ShapeMismatchError as exc:
         return Rejection(RejectReason.WRONG_SHAPE, str(exc), seq)
-    except CodecError as exc:
+    except (CodecError, KernelInputError) as exc:  # a kernel refused codes or indices
         return Rejection(RejectReason.MALFORMED, str(exc), seq)
-    total = 0.0
-    for name, values in delta.items():
-        squares = _sum_of_squares(values)
-        if not math.isfinite(squares):
-            return Rejection(RejectReason.NON_FINITE, f"tensor {name!r} holds NaN or Inf", seq)
-        total += squares
     norm = math.sqrt(total)
     if ctx.max_update_norm is not None and norm > ctx.max_update_norm:
         return Rejection(

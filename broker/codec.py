@@ -35,7 +35,7 @@ from fedbus.broker.messages import (
     TrainingTask,
     UpdateMessage,
 )
-from fedbus.broker.tensors import FLOAT32, SUPPORTED_CODECS, WireTensor
+from fedbus.broker.tensors import CODEC_TOPK, FLOAT32, SUPPORTED_CODECS, WireTensor
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,10 @@ class DecodeLimits:
     max_tensors: int = 256
     max_tensor_rank: int = 8
     max_tensor_elements: int = 64 * 1024 * 1024
+    #: msgpack values in one payload (a map pair is two), counted before any is
+    #: built: one byte of msgpack can become a 60-byte Python object. The largest
+    #: message the limits above allow (256 tensors of rank 8) holds about 8,300.
+    max_objects: int = 32_768
 
 
 DEFAULT_LIMITS = DecodeLimits()
@@ -58,13 +62,21 @@ DEFAULT_LIMITS = DecodeLimits()
 
 
 def tensor_to_map(tensor: WireTensor) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "name": tensor.name,
         "dtype": tensor.dtype,
         "shape": list(tensor.shape),
         "codec": tensor.codec,
         "data": tensor.data,
     }
+    # Codec fields only where the codec has them: f32 tensors stay as in 0.1.
+    if tensor.codec == CODEC_TOPK:
+        body["values_codec"] = tensor.values_codec
+        body["indices"] = tensor.indices
+    if tensor.block:
+        body["block"] = tensor.block
+        body["scales"] = tensor.scales
+    return body
 
 
 def _task_map(task: TrainingTask) -> dict[str, Any]:
@@ -201,17 +213,19 @@ def tensor_from_map(raw: Any, limits: DecodeLimits) -> WireTensor:
     dtype = required_field(raw, "dtype", str, where)
     if dtype != FLOAT32:
         raise CodecError(f"{where}: unsupported dtype {dtype!r}")
+    block = _optional_non_negative(raw, "block", where)
     tensor = WireTensor(
         name=name,
         dtype=dtype,
         shape=_shape(raw.get("shape"), where, limits),
         codec=codec,
         data=required_field(raw, "data", bytes, where),
+        block=0 if block is None else block,
+        scales=_optional(raw, "scales", bytes, where) or b"",
+        indices=_optional(raw, "indices", bytes, where) or b"",
+        values_codec=_optional(raw, "values_codec", str, where) or "",
     )
-    if len(tensor.data) != tensor.expected_nbytes():
-        raise CodecError(
-            f"{where}: {len(tensor.data)} data bytes, expected {tensor.expected_nbytes()}"
-        )
+    tensor.check_layout()
     return tensor
 
 
@@ -330,12 +344,88 @@ def _string_keyed_map(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
     return body
 
 
+# Head bytes of msgpack's fixed-size values (nil, bools, numbers) -> bytes after the head.
+_FIXED_TAIL = {
+    0xC0: 0, 0xC2: 0, 0xC3: 0,  # nil, false, true
+    0xCA: 4, 0xCB: 8,  # float32, float64
+    0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8,  # uint8..uint64
+    0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8,  # int8..int64
+}  # fmt: skip
+# bin8/16/32 and str8/16/32 -> width of their big-endian length.
+_LENGTH_WIDTH = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4}
+# array16/32 and map16/32 -> (width of the entry count, values per entry).
+_CONTAINER = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
+_EXT = frozenset({0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8})
+
+
+def count_objects(payload: bytes, limit: int) -> int:
+    """Count the msgpack values of the first object in `payload` without building any.
+
+    Walks the headers only (str and bin bodies are skipped by their length),
+    so the cost is one step per value and nothing is allocated per value.
+    Raises CodecError as soon as the count passes `limit`, on an ext type
+    (forbidden by the protocol, even empty: msgpack's `max_ext_len=0` lets a
+    zero-length ext through), on the reserved byte 0xc1 and on truncation.
+    Bytes after the first object are not looked at.
+    """
+    end = len(payload)
+    pos = 0
+    count = 0
+    to_read = 1  # values still to read in the innermost open container
+    outer: list[int] = []  # the same for each enclosing container
+    while True:
+        if to_read == 0:
+            if not outer:
+                if pos > end:  # the last value's tail or length is cut off
+                    raise CodecError(f"truncated msgpack: {pos - end} bytes missing at the end")
+                return count
+            to_read = outer.pop()
+            continue
+        if pos >= end:
+            raise CodecError(f"truncated msgpack: a value is missing at byte {pos}")
+        count += 1
+        if count > limit:
+            raise CodecError(f"payload holds more than {limit} msgpack values")
+        to_read -= 1
+        head = payload[pos]
+        pos += 1
+        if head <= 0x7F or head >= 0xE0:  # positive and negative fixint
+            continue
+        if head <= 0x9F:  # fixmap, fixarray
+            entries = (head & 0x0F) * (2 if head <= 0x8F else 1)
+        elif head <= 0xBF:  # fixstr
+            pos += head & 0x1F
+            continue
+        elif head in _FIXED_TAIL:
+            pos += _FIXED_TAIL[head]
+            continue
+        elif head in _LENGTH_WIDTH:
+            width = _LENGTH_WIDTH[head]
+            pos += width + int.from_bytes(payload[pos : pos + width], "big")
+            continue
+        elif head in _CONTAINER:
+            width, per_entry = _CONTAINER[head]
+            entries = int.from_bytes(payload[pos : pos + width], "big") * per_entry
+            pos += width
+        elif head in _EXT:
+            raise CodecError(f"ext types are not allowed (byte {pos - 1})")
+        else:
+            raise CodecError(f"reserved msgpack byte 0x{head:02x} at byte {pos - 1}")
+        if entries:
+            outer.append(to_read)
+            to_read = entries
+
+
 def unpack_map(payload: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> dict[str, Any]:
-    """Unpack one payload into a map under explicit limits; no ext types, no trailing bytes."""
+    """Unpack one payload into a map under explicit limits; no ext types, no trailing bytes.
+
+    The values are counted (`count_objects`) before msgpack builds any of them.
+    """
     if len(payload) > limits.max_payload_bytes:
         raise PayloadTooLargeError(
             f"payload of {len(payload)} bytes exceeds {limits.max_payload_bytes}"
         )
+    count_objects(payload, limits.max_objects)
     try:
         body = msgpack.unpackb(
             payload,
@@ -364,7 +454,17 @@ def decode(
     Raises UnsupportedVersionError for another protocol version and CodecError
     for anything else that is wrong, with a message that names the field.
     """
-    body = unpack_map(payload, limits)
+    return decode_map(unpack_map(payload, limits), expected, limits)
+
+
+def decode_map(
+    body: Mapping[str, Any], expected: type[T] | None = None, limits: DecodeLimits = DEFAULT_LIMITS
+) -> T:
+    """`decode` for a payload already unpacked by `unpack_map`.
+
+    For a receiver that reads a field of a broken message (the `seq` of an
+    update to refuse) without unpacking the payload a second time.
+    """
     version = body.get("v")
     if isinstance(version, bool) or not isinstance(version, int):
         raise CodecError("missing or non-integer protocol version 'v'")

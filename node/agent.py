@@ -40,9 +40,10 @@ from fedbus.broker.messages import (
     TrainingTask,
     UpdateMessage,
 )
-from fedbus.broker.tensors import decode_weights, encode_weights
+from fedbus.broker.tensors import decode_weights
 from fedbus.broker.topics import Channel, Topics
 from fedbus.kernels.warmup import warm_up
+from fedbus.node.compression import CodecSpec, compress
 from fedbus.node.device_state import DeviceState, load_device_state, save_device_state, take_seq
 from fedbus.node.learners import Learner, SoftmaxRegression
 from fedbus.node.local_work import local_shuffle_rng
@@ -75,6 +76,8 @@ class NodeSettings:
     connect_timeout: float = 30.0
     #: Device state and outbox live here (None: in memory, lost on restart).
     state_dir: Path | None = None
+    #: How updates are encoded (lossy codecs use error feedback).
+    codec: CodecSpec = CodecSpec()
 
 
 @dataclass
@@ -297,6 +300,12 @@ class EdgeNode:
         )
         local = self.learner.get_weights()
         delta = {name: (local[name] - base[name]).astype(np.float32) for name in base}
+        tensors, residual = compress(
+            delta,
+            self.device_state.residual,
+            self.settings.codec,
+            seed=(self.settings.seed * 1_000_003 + self.settings.node_index) * 1_000_003 + run,
+        )
         self.progress.runs += 1
         self._trained_version = model.version
         if self.before_send is not None and not self.before_send(self, run):
@@ -308,12 +317,12 @@ class EdgeNode:
             seq=seq,
             base_version=model.version,
             num_samples=len(self.labels),
-            tensors=encode_weights(delta),
+            tensors=tensors,
             train_loss=float(loss),
         )
         payload = encode(update)
         # Write-ahead: the used seq is on disk before anything can carry it.
-        self.device_state = replace(state, model_version=model.version)
+        self.device_state = replace(state, model_version=model.version, residual=residual)
         if self.settings.state_dir is not None:
             save_device_state(self.settings.state_dir / DEVICE_STATE_FILE, self.device_state)
         if self.outbox is not None:

@@ -18,6 +18,7 @@ from fedbus.broker.cli_common import (
 from fedbus.broker.errors import ConfigError, FedbusError
 from fedbus.broker.topics import validate_id
 from fedbus.node.agent import EdgeNode, NodeSettings
+from fedbus.node.compression import CodecSpec
 from fedbus.node.local_data import load_csv, load_npz
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=10.0,
         help="seconds to wait for an ack before resending",
+    )
+    parser.add_argument(
+        "--codec",
+        default="f32",
+        help="update encoding: f32, q8, q4 or topk:F[+q8|+q4] (lossy ones with error "
+        "feedback; default f32)",
     )
     parser.add_argument(
         "--state-dir",
@@ -79,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         node_index=args.index,
         ack_timeout=args.ack_timeout,
+        codec=CodecSpec.parse(args.codec),
         state_dir=args.state_dir or default_state_dir(topics.fleet, node_id),
     )
     node = EdgeNode(settings, features, labels)

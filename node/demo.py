@@ -31,6 +31,7 @@ from fedbus.broker.client import BrokerAddress
 from fedbus.broker.errors import ConfigError, FedbusError
 from fedbus.broker.launcher import ManagedBroker
 from fedbus.broker.topics import Topics
+from fedbus.node.compression import CodecSpec
 from fedbus.node.conditions import Heterogeneity
 from fedbus.node.datasets import load_digits_task
 from fedbus.node.fleet import Fleet
@@ -71,6 +72,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     agg.add_argument("--server-lr", type=float, default=1.0, help="FedBuff server learning rate")
     agg.add_argument("--alpha", type=float, default=0.6, help="FedAsync mixing rate")
     agg.add_argument(
+        "--server-optimizer",
+        choices=["sgd", "fedavgm", "fedadam", "fedyogi"],
+        default="sgd",
+        help="the aggregator's server optimizer (FedOpt; default sgd, plain FedBuff)",
+    )
+    agg.add_argument(
         "--staleness", choices=["constant", "polynomial", "hinge"], default="polynomial"
     )
     agg.add_argument("--staleness-a", type=float, default=0.5)
@@ -80,6 +87,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SECONDS",
         help="sync/FedBuff: apply a partial buffer after this long",
+    )
+    parser.add_argument(
+        "--codec",
+        default="f32",
+        help="how nodes encode updates: f32, q8, q4 or topk:F[+q8|+q4], e.g. topk:0.01+q8 "
+        "(lossy codecs with error feedback; default f32)",
     )
     het = parser.add_argument_group("device and link conditions")
     het.add_argument(
@@ -148,6 +161,7 @@ def _aggregator_command(
         command += ["--buffer-size", str(args.buffer_size), "--server-lr", str(args.server_lr)]
     if args.deadline is not None:
         command += ["--flush-after", str(args.deadline)]
+    command += ["--server-optimizer", args.server_optimizer]
     return command
 
 
@@ -196,6 +210,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             seed=args.seed,
             heterogeneity=heterogeneity,
             state_root=run_dir / "nodes",
+            codec=CodecSpec.parse(args.codec),
         )
         observer = ModelObserver(address, topics, task.X_test, task.y_test)
         fleet.start()
@@ -289,11 +304,19 @@ def _summary(
         "updates_rejected": counters.get("rejected"),
         "rejected_by_reason": counters.get("rejected_by_reason"),
         "staleness_histogram": counters.get("staleness_histogram"),
+        "codec": args.codec,
+        "bytes_per_update": _bytes_per_update(counters),
         "bytes_up": totals.bytes_sent,
         "bytes_down": totals.bytes_received,
         "fleet": asdict(totals),
         "run_dir": str(run_dir),
     }
+
+
+def _bytes_per_update(counters: dict[str, Any]) -> float | None:
+    """Mean update payload the aggregator received (every copy it decided on)."""
+    received = sum(int(counters.get(k) or 0) for k in ("accepted", "rejected", "duplicates"))
+    return round(int(counters.get("bytes_in") or 0) / received, 1) if received else None
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -320,7 +343,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(
         f"  updates accepted {summary['updates_accepted']}, rejected {summary['updates_rejected']}"
     )
-    print(f"  bytes up {summary['bytes_up']:,}, bytes down {summary['bytes_down']:,}")
+    print(
+        f"  codec {summary['codec']}: {summary['bytes_per_update']} bytes per update; "
+        f"bytes up {summary['bytes_up']:,}, bytes down {summary['bytes_down']:,}"
+    )
     print(f"  run folder: {summary['run_dir']} (summary.json, scores.csv, accuracy.png)")
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from fedbus.broker.client import BrokerAddress
 from fedbus.broker.topics import Topics
 from fedbus.node.agent import EdgeNode, NodeSettings
+from fedbus.node.compression import CodecSpec
 from fedbus.node.conditions import Heterogeneity, run_conditions, slow_nodes
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class Fleet:
         heterogeneity: Heterogeneity | None = None,
         ack_timeout: float = 10.0,
         state_root: Path | None = None,
+        codec: CodecSpec | None = None,
     ) -> None:
         """`state_root`: each node keeps its device state and outbox in a folder here."""
         self.heterogeneity = heterogeneity or Heterogeneity()
@@ -65,6 +67,7 @@ class Fleet:
                     node_index=i,
                     ack_timeout=ack_timeout,
                     state_dir=None if state_root is None else state_root / f"node-{i:03d}",
+                    codec=codec or CodecSpec(),
                 ),
                 features,
                 labels,

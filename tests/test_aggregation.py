@@ -5,12 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedbus.aggregator.buffer import (
-    AggregationConfig,
-    BufferedAggregator,
-    apply_buffer,
-    update_coefficient,
-)
+from fedbus.aggregator.buffer import AggregationConfig, BufferedAggregator, update_coefficient
+from fedbus.aggregator.server_optimizer import apply_buffer
 from fedbus.aggregator.staleness import StalenessKind, StalenessWeighting
 from fedbus.broker.errors import ConfigError
 

@@ -134,6 +134,9 @@ def test_transfer_survives_a_receiver_link_cut_in_the_middle(capped_broker, clie
             assert receiver.receive(0.05) is None
         assert receiver.reassembler.pending_transfers == 1
         proxy.cut()  # the receiver's link drops with half the message received
+        deadline = time.monotonic() + 10
+        while receiver.connect_count < 2 and time.monotonic() < deadline:
+            assert receiver.receive(0.05) is None
         for index in range(half, len(chunks)):
             sender.publish(chunk_topic(TOPIC, index), chunks[index]).wait_for_publish(10)
         received = _receive_on(receiver, TOPIC, 20)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import struct
+import tracemalloc
 from typing import Any
 
 import msgpack
@@ -18,7 +19,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fedbus.broker.codec import DEFAULT_LIMITS, DecodeLimits, decode, encode, unpack_map
+from fedbus.broker.codec import (
+    DEFAULT_LIMITS,
+    DecodeLimits,
+    count_objects,
+    decode,
+    encode,
+    unpack_map,
+)
 from fedbus.broker.errors import CodecError, UnsupportedVersionError
 from fedbus.broker.messages import (
     PROTOCOL_VERSION,
@@ -494,3 +502,117 @@ def test_mutated_update_decodes_or_raises_codec_error(
 
 def test_protocol_version_constant_is_one() -> None:
     assert PROTOCOL_VERSION == 1
+
+
+# ---------------------------------------------------------------- value budget, ext types
+
+
+def _tiny_containers(count: int) -> bytes:
+    """`count` empty msgpack arrays nested in arrays of at most 1024: ~1 byte each."""
+    groups, rest = divmod(count, 1024)
+    full = b"\xdc\x04\x00" + b"\x90" * 1024
+    last = b"\xdc" + struct.pack(">H", rest) + b"\x90" * rest
+    return b"\xdc" + struct.pack(">H", groups + 1) + full * groups + last
+
+
+def _with_unknown_key(raw_value: bytes) -> bytes:
+    """VALID with one extra key `zz` whose value is the given raw msgpack bytes."""
+    header = VALID[0]
+    assert 0x80 <= header < 0x8F  # a fixmap with room for one more pair
+    return bytes([header + 1]) + VALID[1:] + b"\xa2zz" + raw_value
+
+
+def test_an_unknown_key_may_hold_a_moderate_value() -> None:
+    assert decode(_with_unknown_key(_tiny_containers(1000))) == _update()
+
+
+def test_many_tiny_values_are_refused_before_any_is_built() -> None:
+    # 1 MiB of empty arrays under an unknown key: msgpack alone builds a list
+    # object for each byte, about 60 MiB, before the key is found unknown.
+    payload = _with_unknown_key(_tiny_containers(2**20))
+    tracemalloc.start()
+    try:
+        with pytest.raises(CodecError, match="values"):
+            decode(payload)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert peak < 2**20, peak
+
+
+def test_value_budget_is_a_limit_of_its_own() -> None:
+    values_in_valid = count_objects(VALID, DEFAULT_LIMITS.max_objects)
+
+    assert decode(VALID, limits=DecodeLimits(max_objects=values_in_valid)) == _update()
+    with pytest.raises(CodecError, match="values"):
+        decode(VALID, limits=DecodeLimits(max_objects=values_in_valid - 1))
+
+
+def test_the_largest_model_the_other_limits_allow_fits_the_value_budget() -> None:
+    shape = (1,) * DEFAULT_LIMITS.max_tensor_rank
+    names = [f"t{i}" for i in range(DEFAULT_LIMITS.max_tensors)]
+    task = TrainingTask("big", "softmax", {name: shape for name in names})
+    tensors = tuple(encode_f32(name, np.zeros(shape, np.float32)) for name in names)
+    payload = encode(ModelMessage(3, task, tensors))
+
+    assert count_objects(payload, DEFAULT_LIMITS.max_objects) * 3 <= DEFAULT_LIMITS.max_objects
+    assert decode(payload, ModelMessage).tensors == tensors
+
+
+@pytest.mark.parametrize(
+    "ext",
+    [
+        b"\xc7\x00\x05",  # ext8 of length 0: within max_ext_len=0, so msgpack lets it through
+        b"\xc8\x00\x00\x05",  # ext16 of length 0
+        b"\xc9\x00\x00\x00\x00\x05",  # ext32 of length 0
+        b"\xd4\x05\x00",  # fixext1
+    ],
+)
+def test_an_ext_value_is_refused_even_empty_and_under_an_unknown_key(ext: bytes) -> None:
+    with pytest.raises(CodecError, match="ext"):
+        decode(_with_unknown_key(ext))
+
+
+_MSGPACK_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(width=32)
+    | st.text(max_size=40)
+    | st.binary(max_size=300),
+    lambda inner: (
+        st.lists(inner, max_size=20) | st.dictionaries(st.text(max_size=8), inner, max_size=10)
+    ),
+    max_leaves=40,
+)
+
+
+def _naive_count(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + sum(_naive_count(item) for item in value)
+    if isinstance(value, dict):
+        return 1 + sum(1 + _naive_count(item) for item in value.values())
+    return 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(_MSGPACK_VALUES, st.booleans(), st.binary(max_size=4))
+def test_count_objects_agrees_with_what_msgpack_builds(
+    value: Any, single_float: bool, tail: bytes
+) -> None:
+    payload = msgpack.packb(value, use_bin_type=True, use_single_float=single_float)
+
+    assert count_objects(payload + tail, 10**6) == _naive_count(value)
+    with pytest.raises(CodecError, match="values"):
+        count_objects(payload, _naive_count(value) - 1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_MSGPACK_VALUES)
+def test_count_objects_refuses_every_truncation(value: Any) -> None:
+    payload = msgpack.packb(value, use_bin_type=True)
+
+    for cut in range(len(payload)):
+        with pytest.raises(CodecError):
+            count_objects(payload[:cut], 10**6)

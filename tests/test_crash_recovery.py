@@ -137,7 +137,13 @@ def test_aggregator_sigkilled_ten_times_loses_no_acknowledged_update(
             aggregator.kill()
             versions_at_kill.append(run.latest_version())
             aggregator.start()
-        # Train on after the last restart until the model is good enough.
+        # The last restart serves again (and is past its start-up, so the SIGTERM
+        # at the end meets its handler), and training goes on until good enough.
+        wait_for(
+            lambda: (run.latest_version() or 0) > versions_at_kill[-1] + 2,
+            60,
+            "training after the last restart",
+        )
         wait_for(
             lambda: (
                 (ledger.poll(0.05), ledger.latest_model)[1] is not None
