@@ -7,9 +7,12 @@ c_i = floor(x_i / s_j + u_i), u_i uniform in [0, 1) (stochastic rounding,
 so E[c_i s_j] = x_i), clamped to [-qmax, qmax]. 8-bit codes are int8 bytes;
 4-bit codes are nibbles c + 8, element 2m in the low nibble of byte m.
 
-The uniforms come from a seeded numpy Generator, so a seed reproduces the
-codes exactly. The aggregator never needs them: it decodes c * s, fused into
-its buffer by `dequantize_accumulate`, without a float32 copy of the update.
+The uniforms come from a counter-based generator (SplitMix64 of seed and
+element index, 53 bits), computed inside the kernel: no array of random
+numbers is made, a seed reproduces the codes exactly, and the result is the
+same compiled or as plain Python (NUMBA_DISABLE_JIT). The aggregator never
+needs them: it decodes c * s, fused into its buffer by `dequantize_accumulate`,
+without a float32 copy of the update.
 """
 
 from __future__ import annotations
@@ -25,8 +28,24 @@ __all__ = ["accumulate", "dequantize", "dequantize_accumulate", "quantize"]
 _QMAX = {8: 127, 4: 7}
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_TO_UNIT = 1.0 / 9007199254740992.0  # 2**-53
+
+
 @njit(**JIT_OPTIONS)
-def _quantize_kernel(values, uniforms, bits, block, scales, codes):
+def _uniform(seed, index):
+    """SplitMix64 of (seed, index) as a float64 in [0, 1)."""
+    z = seed + np.uint64(index + 1) * _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    z = z ^ (z >> np.uint64(31))
+    return np.float64(z >> np.uint64(11)) * _TO_UNIT
+
+
+@njit(**JIT_OPTIONS)
+def _quantize_kernel(values, seed, bits, block, scales, codes):
     qmax = 127 if bits == 8 else 7
     n = values.shape[0]
     for j in range(scales.shape[0]):
@@ -42,7 +61,8 @@ def _quantize_kernel(values, uniforms, bits, block, scales, codes):
         for i in range(start, stop):
             q = 0
             if scale > 0:
-                q = int(np.floor(np.float64(values[i]) / np.float64(scale) + uniforms[i]))
+                u = _uniform(seed, i)
+                q = int(np.floor(np.float64(values[i]) / np.float64(scale) + u))
                 q = max(-qmax, min(qmax, q))
             if bits == 8:
                 codes[i] = np.uint8(q & 0xFF)
@@ -117,8 +137,8 @@ def quantize(
     n = values.shape[0]
     scales = np.zeros(-(-n // block_size), dtype=np.float32)
     codes = np.zeros(n if bits == 8 else (n + 1) // 2, dtype=np.uint8)
-    uniforms = np.random.default_rng(seed).random(n)
-    _quantize_kernel(values, uniforms, bits, block_size, scales, codes)
+    with np.errstate(over="ignore"):  # uint64 wrap-around is the generator's arithmetic
+        _quantize_kernel(values, np.uint64(seed % 2**64), bits, block_size, scales, codes)
     return scales, codes
 
 
