@@ -83,15 +83,33 @@ def _code(codes, bits, i):
 
 @njit(**JIT_OPTIONS)
 def _dequantize_kernel(scales, codes, bits, block, out):
-    for i in range(out.shape[0]):
-        out[i] = np.float32(_code(codes, bits, i)) * scales[i // block]
+    n = out.shape[0]
+    signed = codes.view(np.int8)
+    for j in range(scales.shape[0]):
+        scale = scales[j]
+        stop = min(n, (j + 1) * block)
+        if bits == 8:
+            for i in range(j * block, stop):
+                out[i] = np.float32(signed[i]) * scale
+        else:
+            for i in range(j * block, stop):
+                out[i] = np.float32(_code(codes, bits, i)) * scale
 
 
 @njit(**JIT_OPTIONS)
 def _dequantize_accumulate_kernel(acc, coefficient, scales, codes, bits, block):
     a = np.float32(coefficient)
-    for i in range(acc.shape[0]):
-        acc[i] += a * (np.float32(_code(codes, bits, i)) * scales[i // block])
+    n = acc.shape[0]
+    signed = codes.view(np.int8)
+    for j in range(scales.shape[0]):
+        scale = scales[j]
+        stop = min(n, (j + 1) * block)
+        if bits == 8:  # a branch-free inner loop the compiler can vectorise
+            for i in range(j * block, stop):
+                acc[i] += a * (np.float32(signed[i]) * scale)
+        else:
+            for i in range(j * block, stop):
+                acc[i] += a * (np.float32(_code(codes, bits, i)) * scale)
 
 
 @njit(**JIT_OPTIONS)

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedbus.broker.errors import KernelInputError
+from fedbus.kernels.norms import clip_by_norm, l2_norm
 from fedbus.kernels.optimizers import adam_step, sgd_momentum_step, yogi_step
 from fedbus.kernels.quantize import accumulate, dequantize, dequantize_accumulate, quantize
 from fedbus.kernels.sparsify import scatter_accumulate, topk_indices, topk_with_feedback
@@ -169,3 +170,18 @@ def test_optimizer_steps_match_their_formulas() -> None:
         np.testing.assert_allclose(w, rw, rtol=1e-4, atol=1e-6)
     with pytest.raises(KernelInputError):
         adam_step(w, g, m, v, 0.01, 0.9, 0.99, 1e-3, 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=sizes, scale=magnitudes, seed=st.integers(0, 99))
+def test_l2_norm_and_clipping_match_numpy_in_float64(n, scale, seed) -> None:  # type: ignore[no-untyped-def]
+    values = (np.random.default_rng(seed).uniform(-1, 1, n) * scale).astype(np.float32)
+    reference = float(np.sqrt(np.sum(values.astype(np.float64) ** 2)))
+    assert l2_norm(values) == pytest.approx(reference, rel=1e-12)
+    clipped = values.copy()
+    factor = clip_by_norm(clipped, reference / 2)
+    if reference > 0:
+        assert factor == pytest.approx(0.5, rel=1e-12)
+        assert l2_norm(clipped) == pytest.approx(reference / 2, rel=1e-6)
+    with pytest.raises(KernelInputError):
+        clip_by_norm(clipped, -1.0)
