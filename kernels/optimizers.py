@@ -70,6 +70,23 @@ def sgd_momentum_step(
     _momentum_kernel(w, grad, velocity, lr, momentum)
 
 
+def _adaptive_step(
+    w: np.ndarray,
+    grad: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    hyper: tuple[float, float, float, float],
+    step: int,
+    yogi: bool,
+) -> None:
+    lr, beta1, beta2, eps = hyper
+    _check(w=w, grad=grad, m=m, v=v)
+    _finite(lr=lr, beta1=beta1, beta2=beta2, eps=eps)
+    if step < 1:
+        raise KernelInputError(f"step must be >= 1, got {step}")
+    _adaptive_kernel(w, grad, m, v, lr, beta1, beta2, eps, step, yogi)
+
+
 def adam_step(
     w: np.ndarray,
     grad: np.ndarray,
@@ -82,11 +99,7 @@ def adam_step(
     step: int,
 ) -> None:
     """Adam with bias correction; `step` counts from 1."""
-    _check(w=w, grad=grad, m=m, v=v)
-    _finite(lr=lr, beta1=beta1, beta2=beta2, eps=eps)
-    if step < 1:
-        raise KernelInputError(f"step must be >= 1, got {step}")
-    _adaptive_kernel(w, grad, m, v, lr, beta1, beta2, eps, step, False)
+    _adaptive_step(w, grad, m, v, (lr, beta1, beta2, eps), step, yogi=False)
 
 
 def yogi_step(
@@ -101,8 +114,4 @@ def yogi_step(
     step: int,
 ) -> None:
     """Yogi: like Adam, but v moves by (1 - beta2) g^2 sign(v - g^2), never past g^2."""
-    _check(w=w, grad=grad, m=m, v=v)
-    _finite(lr=lr, beta1=beta1, beta2=beta2, eps=eps)
-    if step < 1:
-        raise KernelInputError(f"step must be >= 1, got {step}")
-    _adaptive_kernel(w, grad, m, v, lr, beta1, beta2, eps, step, True)
+    _adaptive_step(w, grad, m, v, (lr, beta1, beta2, eps), step, yogi=True)
