@@ -27,7 +27,7 @@ from fedbus.broker.errors import (
     UnsupportedVersionError,
 )
 from fedbus.broker.messages import RejectReason, UpdateMessage
-from fedbus.broker.tensors import CODEC_F32, WireTensor, match_layout
+from fedbus.broker.tensors import WireTensor, match_layout
 
 
 @dataclass(frozen=True)
@@ -88,14 +88,10 @@ def _sum_of_squares(values: np.ndarray) -> float:
 def _tensor_sum_of_squares(tensor: WireTensor) -> float:
     """Sum of squares of what `tensor` decodes to; NaN/inf if a value or scale is not finite.
 
-    f32 values are read in place. q8/q4 are decoded to float32 first (a copy
-    of the tensor: a per-block form, scale^2 * sum(codes^2), would avoid it).
+    Read in place for f32 values and from scales and codes for q8/q4: no
+    float32 copy of the update is made (tensors.WireTensor.sum_of_squares).
     """
-    if tensor.value_codec == CODEC_F32:  # the values' own squares flag NaN/inf
-        return _sum_of_squares(tensor.values())
-    if not tensor.all_finite():
-        return math.nan
-    return _sum_of_squares(tensor.to_array())
+    return tensor.sum_of_squares()
 
 
 def update_norm(delta: Mapping[str, np.ndarray | WireTensor]) -> float:

@@ -153,6 +153,31 @@ class WireTensor:
         scatter_accumulate(dense, 1.0, self._indices(), self.values())
         return dense.reshape(self.shape)
 
+    def sum_of_squares(self) -> float:
+        """Sum of the squared decoded values in float64; q8/q4 without decoding.
+
+        NaN or inf when a value (or a scale) is not finite.
+        """
+        self.check_layout()
+        codec = self.value_codec
+        values_or_codes = self.values() if codec == CODEC_F32 else None
+        if values_or_codes is not None:
+            flat = values_or_codes.reshape(-1)
+            with np.errstate(invalid="ignore", over="ignore"):
+                return float(np.einsum("i,i->", flat, flat, dtype=np.float64))
+        scales = np.frombuffer(self.scales, dtype=_F32_LE).astype(np.float32)
+        if not np.isfinite(scales).all():
+            return math.nan
+        from fedbus.kernels.quantize import sum_of_squares
+
+        return sum_of_squares(
+            scales,
+            np.frombuffer(self.data, dtype=np.uint8),
+            _BITS[codec],
+            self.block,
+            self.value_count,
+        )
+
     def all_finite(self) -> bool:
         """No NaN or Inf would come out of decoding (checked without decoding q8/q4)."""
         if self.value_codec == CODEC_F32:

@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 from fedbus.broker.errors import KernelInputError
 from fedbus.kernels.norms import clip_by_norm, l2_norm
 from fedbus.kernels.optimizers import adam_step, sgd_momentum_step, yogi_step
-from fedbus.kernels.quantize import accumulate, dequantize, dequantize_accumulate, quantize
+from fedbus.kernels.quantize import (
+    accumulate,
+    dequantize,
+    dequantize_accumulate,
+    quantize,
+    sum_of_squares,
+)
 from fedbus.kernels.sparsify import scatter_accumulate, topk_indices, topk_with_feedback
 
 
@@ -185,3 +191,19 @@ def test_l2_norm_and_clipping_match_numpy_in_float64(n, scale, seed) -> None:  #
         assert l2_norm(clipped) == pytest.approx(reference / 2, rel=1e-6)
     with pytest.raises(KernelInputError):
         clip_by_norm(clipped, -1.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=sizes, block=blocks, bits=st.sampled_from([8, 4]), scale=magnitudes, seed=st.integers(0, 99)
+)
+def test_sum_of_squares_of_codes_is_that_of_code_times_scale(n, block, bits, scale, seed) -> None:  # type: ignore[no-untyped-def]
+    values = (np.random.default_rng(seed).uniform(-1, 1, n) * scale).astype(np.float32)
+    scales, codes = quantize(values, bits, block, seed)
+    integer_codes = dequantize(np.ones_like(scales), codes, bits, block, n).astype(np.float64)
+    exact = integer_codes * np.repeat(scales.astype(np.float64), block)[:n]
+    got = sum_of_squares(scales, codes, bits, block, n)
+    assert got == pytest.approx(float(np.sum(exact**2)), rel=1e-12, abs=1e-300)
+    # The decoded float32 values differ from c * s by float32 rounding only.
+    decoded = dequantize(scales, codes, bits, block, n).astype(np.float64)
+    assert got == pytest.approx(float(np.sum(decoded**2)), rel=3e-7, abs=1e-80)
