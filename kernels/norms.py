@@ -2,13 +2,16 @@
 
 The norm bounds updates (validation, robust aggregation); clipping scales a
 vector down to a norm in place (differential privacy, robust modes). Squares
-are summed in float64: a float32 sum overflows for finite values above about
-1.8e19 and loses digits on long vectors.
+are summed in float64: a float32 sum overflows once one finite value exceeds
+about 1.8e19 and loses digits on long vectors, while the float64 sum of
+squares of finite float32 values stays below 1.2e77 per element and cannot
+overflow for any array that fits in memory.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 from numba import njit
@@ -30,34 +33,56 @@ def _sum_of_squares_kernel(values):
 
 @njit(**JIT_OPTIONS)
 def _scale_kernel(values, factor):
-    f = np.float32(factor)
+    """values *= factor, each product formed in float64 and rounded once to float32."""
     for i in range(values.shape[0]):
-        values[i] *= f
+        values[i] = np.float32(np.float64(values[i]) * factor)
 
 
-def _vector(values: np.ndarray) -> None:
-    if not isinstance(values, np.ndarray) or values.dtype != np.float32 or values.ndim != 1:
-        raise KernelInputError("values must be a 1-D float32 array")
+def _vector(values: object, writeable: bool = False) -> np.ndarray:
+    if not isinstance(values, np.ndarray):
+        raise KernelInputError(f"values must be a numpy array, got {type(values).__name__}")
+    if values.dtype != np.float32:
+        raise KernelInputError(f"values must have dtype float32, got {values.dtype}")
+    if values.ndim != 1:
+        raise KernelInputError(f"values must be 1-D, got shape {values.shape}")
     if not values.flags.c_contiguous:
         raise KernelInputError("values must be C-contiguous (use np.ascontiguousarray)")
+    if writeable and not values.flags.writeable:
+        raise KernelInputError("values must be writeable: clipping scales it in place")
+    return values
 
 
 def l2_norm(values: np.ndarray) -> float:
-    """sqrt(sum(x^2)) accumulated in float64; NaN or inf if an element is."""
-    _vector(values)
+    """``sqrt(sum(x**2))`` with the squares summed in float64.
+
+    Finite input always gives a finite norm; NaN or inf if an element is.
+    0.0 for an empty array.
+    """
+    values = _vector(values)
     return math.sqrt(_sum_of_squares_kernel(values))
 
 
 def clip_by_norm(values: np.ndarray, max_norm: float) -> float:
-    """Scale `values` in place so its L2 norm is at most `max_norm`; returns the factor."""
-    _vector(values)
-    if not (math.isfinite(max_norm) and max_norm >= 0):
+    """Scale ``values`` in place so that its L2 norm is at most ``max_norm``.
+
+    Returns the factor applied: ``max_norm / norm`` when the norm exceeds
+    ``max_norm``, else 1.0 and ``values`` is left untouched. Each element is
+    rounded to float32 once, so the new norm is ``max_norm`` to within a
+    relative 2**-24 (plus float32 underflow when the factor is tiny).
+    Raises :class:`~fedbus.broker.errors.KernelInputError` for a negative or
+    non-finite ``max_norm`` and for non-finite values, before any change.
+    """
+    values = _vector(values, writeable=True)
+    if not isinstance(max_norm, numbers.Real):
+        raise KernelInputError(f"max_norm must be a real number, got {max_norm!r}")
+    limit = float(max_norm)
+    if not (math.isfinite(limit) and limit >= 0):
         raise KernelInputError(f"max_norm must be finite and >= 0, got {max_norm}")
     norm = l2_norm(values)
     if not math.isfinite(norm):
-        raise KernelInputError("values must be finite")
-    if norm <= max_norm:
+        raise KernelInputError("values must be finite to be clipped")
+    if norm <= limit:
         return 1.0
-    factor = max_norm / norm
+    factor = limit / norm
     _scale_kernel(values, factor)
     return factor
