@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedbus.kernels.norms import l2_norm
+from fedbus.kernels.quantize import dequantize, quantize
 from fedbus.kernels.softmax import (
     softmax_cross_entropy_grad,
     softmax_predict_proba,
     softmax_sgd_epoch,
 )
+from fedbus.kernels.sparsify import topk_with_feedback
 
 
 def warm_up() -> None:
@@ -24,3 +27,10 @@ def warm_up() -> None:
     softmax_cross_entropy_grad(features, labels, weights, bias)
     softmax_sgd_epoch(features, labels, weights, bias, np.arange(2, dtype=np.int64), 1, 0.1)
     softmax_predict_proba(features, weights, bias)
+    # Update compression (node/compression.py): the codecs' encode paths.
+    values = np.ones(4, dtype=np.float32)
+    for bits in (8, 4):
+        scales, codes = quantize(values, bits, 2, 0)
+        dequantize(scales, codes, bits, 2, 4)
+    topk_with_feedback(values, np.zeros(4, dtype=np.float32), 2)
+    l2_norm(values)
