@@ -43,13 +43,16 @@ def _seconds(run: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def _numpy_quantize(values: np.ndarray, bits: int, rng: np.random.Generator) -> tuple:  # type: ignore[type-arg]
-    """The numpy expression quantize replaces: scales, stochastic codes, packed bytes."""
+def _numpy_quantize(values: np.ndarray, bits: int, rng: np.random.Generator | None) -> tuple:  # type: ignore[type-arg]
+    """The numpy expression quantize replaces: scales, codes (stochastic with
+    ``rng``, to nearest without), packed bytes."""
     qmax = 127 if bits == 8 else 7
     blocks = values.reshape(-1, BLOCK)
     scales = (np.abs(blocks).max(axis=1) / qmax).astype(np.float32)
     safe = np.where(scales > 0, scales, 1)[:, None]
-    codes = np.clip(np.floor(blocks / safe + rng.random(blocks.shape)), -qmax, qmax)
+    quotients = blocks / safe
+    rounded = np.rint(quotients) if rng is None else np.floor(quotients + rng.random(blocks.shape))
+    codes = np.clip(rounded, -qmax, qmax)
     codes = codes.astype(np.int8).reshape(-1)
     if bits == 8:
         return scales, codes.view(np.uint8)
@@ -89,6 +92,14 @@ def bandwidth(n: int, repeats: int) -> dict[str, dict[str, float]]:
             lambda: quantize(values, 4, BLOCK, 1),
             lambda: _numpy_quantize(values, 4, rng),
         ),
+        "quantize q8 nearest": (
+            lambda: quantize(values, 8, BLOCK, 1, "nearest"),
+            lambda: _numpy_quantize(values, 8, None),
+        ),
+        "quantize q4 nearest": (
+            lambda: quantize(values, 4, BLOCK, 1, "nearest"),
+            lambda: _numpy_quantize(values, 4, None),
+        ),
         "dequantize+acc q8": (
             lambda: dequantize_accumulate(acc, 0.5, *q8, 8, BLOCK),
             lambda: np.add(acc, np.float32(0.5) * _numpy_decode(q8[0], q8[1], 8), out=acc),
@@ -116,20 +127,27 @@ def bandwidth(n: int, repeats: int) -> dict[str, dict[str, float]]:
     }
     rows = {}
     print(
-        f"{n:,} float32 ({values.nbytes / 2**20:.0f} MiB); np.copyto {gigabytes / copy_s:.2f} GB/s"
+        f"{n:,} float32 ({values.nbytes / 2**20:.0f} MiB); np.copyto {gigabytes / copy_s:.2f} GB/s "
+        "(measured again next to each kernel: a shared machine's bandwidth drifts)"
     )
-    print(f"{'kernel':<20} {'GB/s':>8} {'x copyto':>9} {'numpy GB/s':>11} {'x numpy':>8}")
+    print(
+        f"{'kernel':<20} {'GB/s':>8} {'copyto':>8} {'x copyto':>9} {'numpy GB/s':>11} "
+        f"{'x numpy':>8}"
+    )
     for name, (kernel, reference) in cases.items():
+        copy_s = _seconds(lambda: np.copyto(target, values), repeats)
         kernel_s = _seconds(kernel, repeats)
         reference_s = _seconds(reference, max(1, repeats // 2))
         rows[name] = {
             "gbps": round(gigabytes / kernel_s, 2),
+            "copyto_gbps": round(gigabytes / copy_s, 2),
             "vs_copyto": round(copy_s / kernel_s, 3),
             "vs_numpy": round(reference_s / kernel_s, 2),
         }
         print(
-            f"{name:<20} {gigabytes / kernel_s:>8.2f} {copy_s / kernel_s:>9.2f} "
-            f"{gigabytes / reference_s:>11.2f} {reference_s / kernel_s:>8.2f}"
+            f"{name:<20} {gigabytes / kernel_s:>8.2f} {gigabytes / copy_s:>8.2f} "
+            f"{copy_s / kernel_s:>9.2f} {gigabytes / reference_s:>11.2f} "
+            f"{reference_s / kernel_s:>8.2f}"
         )
     return rows
 

@@ -22,10 +22,27 @@ from fedbus.kernels.config import JIT_OPTIONS
 __all__ = ["clip_by_norm", "l2_norm"]
 
 
+_LANES = 16
+"""Independent float64 partial sums: a fixed split, so the sum is the same on
+every machine and without the JIT, yet the compiler can keep the lanes in
+vector registers (one running sum serialises every add on the previous one)."""
+
+
 @njit(**JIT_OPTIONS)
 def _sum_of_squares_kernel(values):
+    """Element i goes to lane i mod 16; lanes are added in order, then the tail."""
+    n = values.shape[0]
+    whole = n - n % _LANES
+    lanes = np.zeros(_LANES, dtype=np.float64)
+    for start in range(0, whole, _LANES):
+        chunk = values[start : start + _LANES]
+        for k in range(_LANES):
+            x = np.float64(chunk[k])
+            lanes[k] += x * x
     total = 0.0
-    for i in range(values.shape[0]):
+    for k in range(_LANES):
+        total += lanes[k]
+    for i in range(whole, n):
         x = np.float64(values[i])
         total += x * x
     return total

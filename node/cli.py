@@ -17,11 +17,29 @@ from fedbus.broker.cli_common import (
 )
 from fedbus.broker.errors import ConfigError, FedbusError
 from fedbus.broker.topics import validate_id
+from fedbus.kernels.quantize import ROUNDINGS
 from fedbus.node.agent import EdgeNode, NodeSettings
 from fedbus.node.compression import CodecSpec
 from fedbus.node.local_data import load_csv, load_npz
 
 log = logging.getLogger(__name__)
+
+
+def add_codec_arguments(parser: argparse.ArgumentParser) -> None:
+    """--codec and --rounding, shared by `fedbus node` and `fedbus demo`."""
+    parser.add_argument(
+        "--codec",
+        default="f32",
+        help="how updates are encoded: f32, q8, q4 or topk:F[+q8|+q4], e.g. topk:0.01+q8 "
+        "(lossy codecs with error feedback; default f32)",
+    )
+    parser.add_argument(
+        "--rounding",
+        choices=ROUNDINGS,
+        default="stochastic",
+        help="q8/q4 rounding: stochastic (unbiased) or nearest (deterministic, at most half "
+        "a step off, faster to encode); default stochastic",
+    )
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -43,12 +61,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=10.0,
         help="seconds to wait for an ack before resending",
     )
-    parser.add_argument(
-        "--codec",
-        default="f32",
-        help="update encoding: f32, q8, q4 or topk:F[+q8|+q4] (lossy ones with error "
-        "feedback; default f32)",
-    )
+    add_codec_arguments(parser)
     parser.add_argument(
         "--state-dir",
         type=Path,
@@ -86,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         node_index=args.index,
         ack_timeout=args.ack_timeout,
-        codec=CodecSpec.parse(args.codec),
+        codec=CodecSpec.parse(args.codec, rounding=args.rounding),
         state_dir=args.state_dir or default_state_dir(topics.fleet, node_id),
     )
     node = EdgeNode(settings, features, labels)

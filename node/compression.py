@@ -32,7 +32,7 @@ from fedbus.broker.tensors import (
     WireTensor,
     encode_f32,
 )
-from fedbus.kernels.quantize import dequantize, quantize
+from fedbus.kernels.quantize import ROUNDINGS, dequantize, quantize
 from fedbus.kernels.sparsify import topk_with_feedback
 
 #: Elements per q8/q4 scale: large enough that the 4-byte scales cost under 2%
@@ -51,13 +51,20 @@ class CodecSpec:
     #: topk: codec of the kept values.
     values_codec: str = CODEC_F32
     block: int = DEFAULT_BLOCK
+    #: q8/q4: "stochastic" (unbiased) or "nearest" (half-step error, faster);
+    #: with error feedback either loses nothing over time.
+    rounding: str = "stochastic"
 
     @classmethod
-    def parse(cls, text: str, block: int = DEFAULT_BLOCK) -> CodecSpec:
+    def parse(
+        cls, text: str, block: int = DEFAULT_BLOCK, rounding: str = "stochastic"
+    ) -> CodecSpec:
         if block < 1:
             raise ConfigError(f"codec block size must be >= 1, got {block}")
+        if rounding not in ROUNDINGS:
+            raise ConfigError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
         if text in VALUE_CODECS:
-            return cls(text, block=block)
+            return cls(text, block=block, rounding=rounding)
         head, _, values = text.partition("+")
         name, _, fraction = head.partition(":")
         if name != CODEC_TOPK or not fraction:
@@ -71,7 +78,7 @@ class CodecSpec:
         values = values or CODEC_F32
         if values not in VALUE_CODECS:
             raise ConfigError(f"codec {text!r}: values codec must be f32, q8 or q4")
-        return cls(CODEC_TOPK, share, values, block)
+        return cls(CODEC_TOPK, share, values, block, rounding)
 
     def __str__(self) -> str:
         if self.codec != CODEC_TOPK:
@@ -84,12 +91,13 @@ class CodecSpec:
 
 
 def _encode_values(
-    name: str, shape: tuple[int, ...], values: np.ndarray, codec: str, block: int, seed: int
+    name: str, shape: tuple[int, ...], values: np.ndarray, codec: str, spec: CodecSpec, seed: int
 ) -> tuple[WireTensor, np.ndarray]:
     """(tensor with `values` in `codec`, the values as the receiver will decode them)."""
     if codec == CODEC_F32:
         return encode_f32(name, values.reshape(shape)), values
-    scales, codes = quantize(values, _BITS[codec], block, seed)
+    block = spec.block
+    scales, codes = quantize(values, _BITS[codec], block, seed, spec.rounding)
     decoded = dequantize(scales, codes, _BITS[codec], block, values.size)
     tensor = WireTensor(
         name,
@@ -132,9 +140,7 @@ def compress(
         if spec.codec == CODEC_TOPK:
             k = min(flat.size, max(1, math.ceil(spec.fraction * flat.size)))
             indices, sent = topk_with_feedback(flat, left, k)  # `left` becomes the residual
-            inner, decoded = _encode_values(
-                name, (k,), sent, spec.values_codec, spec.block, tensor_seed
-            )
+            inner, decoded = _encode_values(name, (k,), sent, spec.values_codec, spec, tensor_seed)
             left[indices] += sent - decoded  # the values' own rounding error, fed back too
             tensor = WireTensor(
                 name,
@@ -149,9 +155,7 @@ def compress(
             )
         else:
             corrected = flat + left
-            tensor, decoded = _encode_values(
-                name, shape, corrected, spec.codec, spec.block, tensor_seed
-            )
+            tensor, decoded = _encode_values(name, shape, corrected, spec.codec, spec, tensor_seed)
             left = corrected - decoded
         tensors.append(tensor)
         new_residual[name] = left.reshape(values.shape)

@@ -31,6 +31,7 @@ from fedbus.broker.client import BrokerAddress
 from fedbus.broker.errors import ConfigError, FedbusError
 from fedbus.broker.launcher import ManagedBroker
 from fedbus.broker.topics import Topics
+from fedbus.node.cli import add_codec_arguments
 from fedbus.node.compression import CodecSpec
 from fedbus.node.conditions import Heterogeneity
 from fedbus.node.datasets import load_digits_task
@@ -88,12 +89,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="sync/FedBuff: apply a partial buffer after this long",
     )
-    parser.add_argument(
-        "--codec",
-        default="f32",
-        help="how nodes encode updates: f32, q8, q4 or topk:F[+q8|+q4], e.g. topk:0.01+q8 "
-        "(lossy codecs with error feedback; default f32)",
-    )
+    add_codec_arguments(parser)
     het = parser.add_argument_group("device and link conditions")
     het.add_argument(
         "--straggler-scale",
@@ -210,7 +206,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             seed=args.seed,
             heterogeneity=heterogeneity,
             state_root=run_dir / "nodes",
-            codec=CodecSpec.parse(args.codec),
+            codec=CodecSpec.parse(args.codec, rounding=args.rounding),
         )
         observer = ModelObserver(address, topics, task.X_test, task.y_test)
         fleet.start()

@@ -12,16 +12,19 @@ import numpy as np
 QMAX = {8: 127, 4: 7}
 
 
-def splitmix_uniforms(seed: int, n: int) -> np.ndarray:
-    """u_i = SplitMix64(seed, i) >> 11 scaled by 2**-53, for i < n (float64)."""
+def hash_uniforms(seed: int, n: int) -> np.ndarray:
+    """u_i for i < n (float32): a 16-bit half of the hash of (folded seed, i >> 1), cell centre."""
+    seed %= 2**64
+    key = np.uint32((seed ^ (seed >> 32)) & 0xFFFFFFFF)
+    index = np.arange(n, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        z = np.uint64(seed % 2**64) + (np.arange(n, dtype=np.uint64) + np.uint64(1)) * np.uint64(
-            0x9E3779B97F4A7C15
-        )
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+        h = ((index >> np.uint64(1)) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+        h = h * np.uint32(0x9E3779B9) + key
+        h = (h ^ (h >> np.uint32(16))) * np.uint32(0x7FEB352D)
+        h = (h ^ (h >> np.uint32(15))) * np.uint32(0x846CA68B)
+        h = h ^ (h >> np.uint32(16))
+    halves = np.where(index % 2 == 0, h & np.uint32(0xFFFF), h >> np.uint32(16))
+    return (halves.astype(np.float32) + np.float32(0.5)) * np.float32(2.0**-16)
 
 
 def block_scales(values: np.ndarray, bits: int, block: int) -> np.ndarray:
@@ -38,15 +41,32 @@ def block_scales(values: np.ndarray, bits: int, block: int) -> np.ndarray:
     return np.array(scales, dtype=np.float32)
 
 
-def integer_codes(values: np.ndarray, bits: int, block: int, seed: int) -> np.ndarray:
-    """The codes c_i as int64: clip(floor(x * (1 / s) + u), -qmax, qmax); 0 where s = 0."""
+def integer_codes(
+    values: np.ndarray, bits: int, block: int, seed: int, rounding: str = "stochastic"
+) -> np.ndarray:
+    """The codes c_i as int64, 0 where s = 0; otherwise clip(round(y), -qmax, qmax).
+
+    y = x * float32(1 / s) in float32 (in float64 for a subnormal s), rounded
+    down after adding u (stochastic) or 1/2 (nearest).
+    """
     qmax = QMAX[bits]
-    per_element = np.repeat(block_scales(values, bits, block).astype(np.float64), block)
-    per_element = per_element[: values.size]
+    per_element = np.repeat(block_scales(values, bits, block), block)[: values.size]
     live = per_element > 0
-    inverse = np.divide(1.0, per_element, out=np.zeros_like(per_element), where=live)
-    raw = np.floor(values.astype(np.float64) * inverse + splitmix_uniforms(seed, values.size))
-    return np.where(live, np.clip(raw, -qmax, qmax), 0).astype(np.int64)
+    normal = per_element >= np.float32(2.0**-126)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        narrow = values * (np.float32(1) / per_element)  # float32 throughout
+        wide = values.astype(np.float64) * (1.0 / per_element.astype(np.float64))
+    if rounding == "nearest":
+        uniforms = np.full(values.size, 0.5, dtype=np.float32)
+    else:
+        uniforms = hash_uniforms(seed, values.size)
+    with np.errstate(invalid="ignore"):
+        raw = np.where(
+            normal,
+            np.floor(narrow + uniforms),
+            np.floor(wide + uniforms.astype(np.float64)),
+        )
+    return np.where(live, np.clip(np.nan_to_num(raw), -qmax, qmax), 0).astype(np.int64)
 
 
 def pack(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -69,8 +89,11 @@ def unpack(data: np.ndarray, bits: int, n: int) -> np.ndarray:
     return nibbles[:n] - 8
 
 
-def quantize(values: np.ndarray, bits: int, block: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    return block_scales(values, bits, block), pack(integer_codes(values, bits, block, seed), bits)
+def quantize(
+    values: np.ndarray, bits: int, block: int, seed: int, rounding: str = "stochastic"
+) -> tuple[np.ndarray, np.ndarray]:
+    codes = integer_codes(values, bits, block, seed, rounding)
+    return block_scales(values, bits, block), pack(codes, bits)
 
 
 def dequantize(scales: np.ndarray, data: np.ndarray, bits: int, block: int, n: int) -> np.ndarray:

@@ -26,10 +26,11 @@ def _through_the_wire(tensors: tuple[WireTensor, ...]) -> dict[str, np.ndarray]:
     return decode_weights(decode(payload, UpdateMessage).tensors, SHAPES)
 
 
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
 @pytest.mark.parametrize("text", CODECS)
-def test_error_feedback_loses_no_mass_over_many_updates(text: str) -> None:
+def test_error_feedback_loses_no_mass_over_many_updates(text: str, rounding: str) -> None:
     rng = np.random.default_rng(0)
-    spec = CodecSpec.parse(text)
+    spec = CodecSpec.parse(text, rounding=rounding)
     residual: dict[str, np.ndarray] = {}
     sent_total = {name: np.zeros(shape, np.float64) for name, shape in SHAPES.items()}
     delta_total = {name: np.zeros(shape, np.float64) for name, shape in SHAPES.items()}
@@ -162,3 +163,21 @@ def test_negative_or_nan_scale_is_refused() -> None:
 def test_bad_codec_names_are_config_errors(text: str) -> None:
     with pytest.raises(ConfigError):
         CodecSpec.parse(text)
+
+
+def test_nearest_rounding_reaches_the_wire_and_errs_at_most_half_a_step() -> None:
+    delta = _delta(np.random.default_rng(4))
+    for text in ("q8", "topk:0.5+q4"):
+        nearest = CodecSpec.parse(text, rounding="nearest")
+        first, residual = compress(delta, {}, nearest, seed=1)
+        again, _ = compress(delta, {}, nearest, seed=2)
+        assert first == again  # deterministic: the seed plays no part
+        stochastic, _ = compress(delta, {}, CodecSpec.parse(text), seed=1)
+        assert stochastic != first
+    tensors, residual = compress(delta, {}, CodecSpec.parse("q8", rounding="nearest"), seed=0)
+    for name, values in _through_the_wire(tensors).items():
+        if delta[name].size <= 256:  # one block: the step is max|x| / 127
+            step = np.abs(delta[name]).max() / 127
+            assert np.abs(values - delta[name]).max() <= step * (0.5 + 2.0**-15)
+    with pytest.raises(ConfigError, match="rounding"):
+        CodecSpec.parse("q8", rounding="down")

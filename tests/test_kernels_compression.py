@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import naive_quantize
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -20,35 +21,10 @@ from fedbus.kernels.quantize import (
 from fedbus.kernels.sparsify import scatter_accumulate, topk_indices, topk_with_feedback
 
 
-def _splitmix_uniforms(seed: int, n: int) -> np.ndarray:
-    """SplitMix64 of (seed, i) for i < n, as float64 in [0, 1): the kernel's generator."""
-    z = np.uint64(seed) + (np.arange(n, dtype=np.uint64) + np.uint64(1)) * np.uint64(
-        0x9E3779B97F4A7C15
-    )
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / 2.0**53
-
-
 def _reference_quantize(values, bits, block, seed):  # type: ignore[no-untyped-def]
-    qmax = 127 if bits == 8 else 7
-    n = values.size
-    uniforms = _splitmix_uniforms(seed, n)
-    scales = np.zeros(-(-n // block), np.float32)
-    codes = np.zeros(n, np.int64)
-    for j in range(scales.size):
-        part = values[j * block : (j + 1) * block]
-        scale = np.float32(np.abs(part).max() / np.float32(qmax)) if part.size else np.float32(0)
-        scales[j] = scale
-        if scale > 0:
-            q = np.floor(
-                part.astype(np.float64) / np.float64(scale)
-                + uniforms[j * block : j * block + part.size]
-            )
-            codes[j * block : j * block + part.size] = np.clip(q, -qmax, qmax)
-    decoded = (codes.astype(np.float32) * np.repeat(scales, block)[:n]).astype(np.float32)
-    return scales, codes, decoded
+    scales, data = naive_quantize.quantize(values, bits, block, seed)
+    codes = naive_quantize.unpack(data, bits, values.size)
+    return scales, codes, naive_quantize.dequantize(scales, data, bits, block, values.size)
 
 
 sizes = st.integers(0, 700)

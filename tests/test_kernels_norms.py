@@ -35,6 +35,22 @@ def test_l2_norm_matches_float64_reference(seed: int, n: int, scale: float) -> N
     assert norm == pytest.approx(naive_sparse.l2_norm(values), rel=1e-12, abs=0.0)
 
 
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=sizes, scale=scales)
+def test_l2_norm_sums_in_the_documented_lane_order(seed: int, n: int, scale: float) -> None:
+    # 16 lanes (element i in lane i mod 16), lanes added in order, then the
+    # tail: the same bits on every machine and under NUMBA_DISABLE_JIT.
+    values = make_vector(seed, n, scale).astype(np.float64)
+    whole = n - n % 16
+    lanes = np.zeros(16)
+    for row in (values[:whole] ** 2).reshape(-1, 16):
+        lanes += row
+    total = 0.0
+    for partial in [*lanes, *(values[whole:] ** 2)]:
+        total += float(partial)
+    assert l2_norm(values.astype(np.float32)) == math.sqrt(total)
+
+
 def test_l2_norm_does_not_overflow_or_underflow() -> None:
     huge = np.full(1000, 3e38, np.float32)
     assert l2_norm(huge) == pytest.approx(float(np.float32(3e38)) * math.sqrt(1000), rel=1e-12)

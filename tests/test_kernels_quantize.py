@@ -47,14 +47,17 @@ def vectors(draw: st.DrawFn) -> np.ndarray:
     return values
 
 
+roundings = st.sampled_from(["stochastic", "nearest"])
+
+
 @settings(max_examples=300, deadline=None)
-@given(vectors(), bit_widths, block_sizes, st.integers(-(2**63), 2**64 - 1))
+@given(vectors(), bit_widths, block_sizes, st.integers(-(2**63), 2**64 - 1), roundings)
 def test_quantize_and_dequantize_match_the_reference_bit_for_bit(
-    values: np.ndarray, bits: int, block: int, seed: int
+    values: np.ndarray, bits: int, block: int, seed: int, rounding: str
 ) -> None:
     n = values.size
-    scales, codes = quantize(values, bits, block, seed)
-    ref_scales, ref_codes = naive.quantize(values, bits, block, seed)
+    scales, codes = quantize(values, bits, block, seed, rounding)
+    ref_scales, ref_codes = naive.quantize(values, bits, block, seed, rounding)
     assert scales.dtype == np.float32 and scales.shape == (n_blocks(n, block),)
     assert codes.dtype == np.uint8 and codes.shape == (code_bytes(n, bits),)
     np.testing.assert_array_equal(scales, ref_scales)
@@ -65,27 +68,67 @@ def test_quantize_and_dequantize_match_the_reference_bit_for_bit(
     assert np.isfinite(decoded).all()
 
 
-@settings(max_examples=300, deadline=None)
-@given(vectors(), bit_widths, block_sizes, st.integers(0, 2**64 - 1))
-def test_round_trip_error_is_at_most_one_step(
-    values: np.ndarray, bits: int, block: int, seed: int
+def assert_round_trip_within(
+    values: np.ndarray, bits: int, block: int, seed: int, rounding: str, steps: float
 ) -> None:
-    scales, codes = quantize(values, bits, block, seed)
+    """Every decoded value lies within ``steps`` steps of its input, plus float32 rounding."""
+    scales, codes = quantize(values, bits, block, seed, rounding)
     decoded = dequantize(scales, codes, bits, block, values.size).astype(np.float64)
     step = np.repeat(scales.astype(np.float64), block)[: values.size]
     error = np.abs(decoded - values.astype(np.float64))
-    # c * s is rounded to float32 once: a relative 2**-24 of |c s| <= qmax s.
-    bound = step * (1 + naive.QMAX[bits] * 2.0**-24)
+    qmax = naive.QMAX[bits]
+    # Rounding on top of the ideal grid point, in steps: the quotient
+    # x * float32(1/s) is two float32 roundings (a relative 2**-23 of
+    # |x/s| <= qmax); the decoded c * s one more (2**-24 of qmax); adding u
+    # (or 1/2) rounds once at magnitude <= 128 (2**-17).
+    rounding_slack = 3 * qmax * 2.0**-24 + 2.0**-17
+    bound = step * (steps + rounding_slack)
     # A subnormal scale was rounded to a multiple of 2**-149, so the largest
     # values of the block may have been clamped by up to qmax half-ulps (see
-    # the module docstring); nowhere else may the error pass one step.
+    # the module docstring); nowhere else may the error pass the bound.
     subnormal = step < SMALLEST_NORMAL
-    bound[subnormal] += naive.QMAX[bits] * 2.0**-150
+    bound[subnormal] += qmax * 2.0**-150
     assert np.all(error <= bound)
     # The codes stay in [-qmax, qmax]; a 4-bit nibble is never 0.
     integer = naive.unpack(codes, bits, values.size)
-    assert np.all(np.abs(integer) <= naive.QMAX[bits])
+    assert np.all(np.abs(integer) <= qmax)
     assert np.all(decoded[step == 0] == 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(vectors(), bit_widths, block_sizes, st.integers(0, 2**64 - 1))
+def test_stochastic_round_trip_error_is_at_most_one_step(
+    values: np.ndarray, bits: int, block: int, seed: int
+) -> None:
+    assert_round_trip_within(values, bits, block, seed, "stochastic", steps=1.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(vectors(), bit_widths, block_sizes)
+def test_nearest_round_trip_error_is_at_most_half_a_step(
+    values: np.ndarray, bits: int, block: int
+) -> None:
+    assert_round_trip_within(values, bits, block, 0, "nearest", steps=0.5)
+
+
+def test_half_step_bound_is_tight_for_nearest_and_not_met_by_stochastic() -> None:
+    # x = 1.5 steps: nearest lands on 2 (error 0.5 steps, halves round up);
+    # stochastic lands on 1 or 2, so some seeds err by ~0.5 and the bound
+    # is only "one step" for it; x = 1.25 steps tells the two apart.
+    values = np.float32([127, 1.25, -1.25, 1.5])
+    scales, codes = quantize(values, 8, 4, 0, "nearest")
+    np.testing.assert_array_equal(naive.unpack(codes, 8, 4), [127, 1, -1, 2])
+    stochastic = {
+        tuple(naive.unpack(quantize(values, 8, 4, seed)[1], 8, 4)[1:3]) for seed in range(200)
+    }
+    assert stochastic == {(1, -1), (2, -1), (1, -2), (2, -2)}
+
+
+def test_nearest_ignores_the_seed() -> None:
+    values = np.random.default_rng(3).standard_normal(999).astype(np.float32)
+    for bits in (8, 4):
+        first = quantize(values, bits, 64, 1, "nearest")
+        np.testing.assert_array_equal(first[1], quantize(values, bits, 64, 2, "nearest")[1])
 
 
 @pytest.mark.parametrize(("bits", "block"), [(8, 7), (4, 7), (4, 64), (8, 256)])
@@ -219,8 +262,9 @@ values = np.random.default_rng(5).standard_normal(777).astype(np.float32)
 h = hashlib.sha256()
 for bits in (8, 4):
     for block in (1, 7, 64):
-        scales, codes = quantize(values, bits, block, 2**63 + 11)
-        h.update(scales.tobytes()); h.update(codes.tobytes())
+        for rounding in ("stochastic", "nearest"):
+            scales, codes = quantize(values, bits, block, 2**63 + 11, rounding)
+            h.update(scales.tobytes()); h.update(codes.tobytes())
 print(h.hexdigest())
 """
 
@@ -325,6 +369,11 @@ def test_quantize_refuses_bad_inputs(
 ) -> None:
     with pytest.raises(KernelInputError, match=message):
         quantize(values, bits, block, seed)
+
+
+def test_quantize_refuses_an_unknown_rounding() -> None:
+    with pytest.raises(KernelInputError, match="rounding must be one of stochastic, nearest"):
+        quantize(np.zeros(4, np.float32), 8, 4, 0, "up")
 
 
 def test_accumulate_refuses_mismatched_shapes() -> None:
