@@ -29,6 +29,10 @@ class ConfigError(FedbusError):
     """A configuration value is invalid; the message names the field."""
 
 
+class DataError(FedbusError):
+    """A device's own data cannot be used as given; the message names file, row and column."""
+
+
 class KernelInputError(FedbusError, ValueError):
     """A numeric kernel was called with arrays of the wrong dtype, shape or layout."""
 
