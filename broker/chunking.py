@@ -345,6 +345,11 @@ class Reassembler:
     def pending_transfers(self) -> int:
         return len(self._transfers)
 
+    @property
+    def pending_chunks(self) -> int:
+        """Chunks held for transfers not yet complete."""
+        return sum(len(transfer.chunks) for transfer in self._transfers.values())
+
     def add(self, topic: str, payload: bytes, now: float) -> bytes | None:
         """Take one chunk received on chunk topic `topic` (T/chunk/<i>).
 

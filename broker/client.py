@@ -137,6 +137,10 @@ class BusClient:
         #: filter -> (qos, retain as published)
         self._subscriptions: dict[str, tuple[int, bool]] = {}
         self._lock = threading.Lock()
+        #: Packet ids of SUBSCRIBEs the broker has not yet acknowledged.
+        self._unacked_subscribes: set[int] = set()
+        self._subscribed = threading.Event()
+        self._subscribed.set()
         self.reassembler = Reassembler()
         self._chunk_log = ThrottledLog(log, window=10.0, level=logging.WARNING)
         #: Chunk count of the last retained chunked publish per topic, to clear leftovers.
@@ -161,6 +165,7 @@ class BusClient:
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
         self._started = False
 
     # ------------------------------------------------------------ lifecycle
@@ -237,14 +242,30 @@ class BusClient:
             for each in filters:
                 self._subscribe_now(self._client, each, qos, retain_as_published)
 
+    def wait_subscribed(self, timeout: float) -> None:
+        """Block until the broker has acknowledged every subscription of this connection.
+
+        A message published after this returns reaches this client; one
+        published before may not (the broker routes by the subscriptions it
+        has processed). Raises BrokerError after `timeout` seconds.
+        """
+        if not self._subscribed.wait(timeout):
+            raise BrokerError(f"{self.client_id}: subscriptions not acknowledged in {timeout} s")
+
     def _subscribe_now(
         self, client: paho.Client, topic_filter: str, qos: int, retain_as_published: bool
     ) -> None:
-        if self.protocol == "5":
-            options = SubscribeOptions(qos=qos, retainAsPublished=retain_as_published)
-            client.subscribe(topic_filter, options=options)
-        else:
-            client.subscribe(topic_filter, qos)
+        with self._lock:  # paho's thread may deliver the SUBACK before subscribe() returns
+            self._subscribed.clear()
+            if self.protocol == "5":
+                options = SubscribeOptions(qos=qos, retainAsPublished=retain_as_published)
+                _, mid = client.subscribe(topic_filter, options=options)
+            else:
+                _, mid = client.subscribe(topic_filter, qos)
+            if mid is not None:
+                self._unacked_subscribes.add(mid)
+            if not self._unacked_subscribes:
+                self._subscribed.set()
 
     def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
@@ -361,6 +382,9 @@ class BusClient:
             return
         with self._lock:
             subscriptions = list(self._subscriptions.items())
+            self._unacked_subscribes.clear()  # ids of a dead connection are never acked
+            if not subscriptions:
+                self._subscribed.set()
         for topic_filter, (qos, retain_as_published) in subscriptions:
             self._subscribe_now(client, topic_filter, qos, retain_as_published)
         self._reconnect_attempt = 0
@@ -378,6 +402,9 @@ class BusClient:
         properties: Properties | None,
     ) -> None:
         self.connected.clear()
+        with self._lock:
+            if self._subscriptions:
+                self._subscribed.clear()
         if self._started:
             log.info("%s: connection lost (%s), reconnecting", self.client_id, reason_code)
             self._schedule_reconnect()
@@ -392,6 +419,22 @@ class BusClient:
         self._reconnect_attempt += 1
         # paho types the delays as int but sleeps on floats; sub-second jitter matters.
         self._client.reconnect_delay_set(cast(int, delay), cast(int, delay))
+
+    def _on_subscribe(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = [code for code in reason_codes if code.is_failure]
+        if refused:
+            log.warning("%s: subscription refused: %s", self.client_id, refused)
+        with self._lock:
+            self._unacked_subscribes.discard(mid)
+            if not self._unacked_subscribes:
+                self._subscribed.set()
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         self.inbox.put(

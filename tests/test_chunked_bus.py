@@ -61,6 +61,7 @@ def _client(made: list[BusClient], name: str, port: int, *filters: str) -> BusCl
         client.subscribe(topic_filter)
     client.start()
     client.wait_connected(10)
+    client.wait_subscribed(10)  # or the first messages published may find no subscriber
     made.append(client)
     return client
 
@@ -129,10 +130,13 @@ def test_transfer_survives_a_receiver_link_cut_in_the_middle(capped_broker, clie
         half = len(chunks) // 2
         for index in range(half):
             sender.publish(chunk_topic(TOPIC, index), chunks[index]).wait_for_publish(10)
+        # Cut once the receiver holds the whole first half, so the test is about
+        # partial transfers surviving a reconnect in the receiver.
         deadline = time.monotonic() + 10
-        while receiver.reassembler.pending_transfers == 0 and time.monotonic() < deadline:
+        while receiver.reassembler.pending_chunks < half and time.monotonic() < deadline:
             assert receiver.receive(0.05) is None
         assert receiver.reassembler.pending_transfers == 1
+        assert receiver.reassembler.pending_chunks == half
         proxy.cut()  # the receiver's link drops with half the message received
         deadline = time.monotonic() + 10
         while receiver.connect_count < 2 and time.monotonic() < deadline:

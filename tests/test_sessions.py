@@ -6,6 +6,7 @@ import random
 import time
 
 import pytest
+from netproxy import TcpProxy
 
 from fedbus.broker.client import BrokerAddress, BusClient, LastWill, backoff_delay
 from fedbus.broker.errors import BrokerError
@@ -37,7 +38,46 @@ def _connected(client_id: str, port: int, *filters: str, protocol: str = "5", **
         client.subscribe(topic_filter)
     client.start()
     client.wait_connected(10)
+    client.wait_subscribed(10)
     return client
+
+
+@pytest.mark.broker
+def test_wait_subscribed_means_the_next_publish_is_routed_here(mosquitto_broker) -> None:  # type: ignore[no-untyped-def]
+    # Without waiting for the SUBACK, a message published by another client at
+    # once can reach the broker before the subscription does and go nowhere.
+    for attempt in range(20):
+        topic = f"fedbus/sessions/suback/{attempt}"
+        receiver = BusClient(
+            f"test-suback-rx-{attempt}", BrokerAddress("127.0.0.1", mosquitto_broker.port)
+        )
+        sender = _connected(f"test-suback-tx-{attempt}", mosquitto_broker.port)
+        try:
+            receiver.subscribe(topic)
+            receiver.start()
+            receiver.wait_connected(10)
+            receiver.wait_subscribed(10)
+            sender.publish(topic, b"first").wait_for_publish(5)
+            message = receiver.receive(5)
+            assert message is not None and message.payload == b"first"
+        finally:
+            receiver.stop()
+            sender.stop()
+
+
+@pytest.mark.broker
+def test_wait_subscribed_waits_for_the_suback_itself(mosquitto_broker) -> None:  # type: ignore[no-untyped-def]
+    with TcpProxy(mosquitto_broker.port) as proxy:
+        client = _connected("test-suback-held", proxy.port)
+        try:
+            proxy.hold_downstream()  # the broker's SUBACK is held back on the way
+            client.subscribe("fedbus/sessions/held")
+            with pytest.raises(BrokerError, match="not acknowledged"):
+                client.wait_subscribed(0.5)
+            proxy.release_downstream()
+            client.wait_subscribed(10)
+        finally:
+            client.stop()
 
 
 @pytest.mark.broker
