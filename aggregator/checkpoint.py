@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,7 @@ def _counters_map(core: AggregatorCore) -> dict[str, Any]:
         "bytes_in": c.bytes_in,
         "bytes_out": c.bytes_out,
         "models_published": c.models_published,
+        "stats": [c.stats_accepted, c.stats_rejected, c.stats_ignored],
     }
 
 
@@ -134,7 +136,9 @@ def restore(core: AggregatorCore, data: bytes) -> int:
         config = raw["config"]
     except (CodecError, KeyError, TypeError, ValueError, msgpack.UnpackException) as exc:
         raise CheckpointError(f"unreadable checkpoint: {exc}") from exc
-    if model.task != core.task:
+    # The normalization is not a setting: the daemon pooled it from the nodes'
+    # statistics while running, so the checkpoint's is adopted.
+    if replace(model.task, normalization=None) != replace(core.task, normalization=None):
         raise CheckpointMismatchError(
             f"checkpoint is for task {model.task.name!r} ({model.task}), "
             f"this aggregator runs {core.task}"
@@ -166,6 +170,7 @@ def restore(core: AggregatorCore, data: bytes) -> int:
     except (CodecError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"unreadable optimizer state: {exc}") from exc
     core.aggregator = agg
+    core.task = model.task
     core.decisions = {ack.node: ack for ack in decisions}
     c = core.counters
     c.accepted = counters["accepted"]
@@ -176,6 +181,7 @@ def restore(core: AggregatorCore, data: bytes) -> int:
     c.bytes_in = counters["bytes_in"]
     c.bytes_out = counters["bytes_out"]
     c.models_published = counters["models_published"]
+    c.stats_accepted, c.stats_rejected, c.stats_ignored = counters.get("stats", (0, 0, 0))
     return int(raw["id"])
 
 

@@ -14,15 +14,23 @@ from dataclasses import dataclass, replace
 
 from fedbus.aggregator.buffer import AggregationMode, BufferedAggregator, update_coefficient
 from fedbus.aggregator.counters import Counters
+from fedbus.aggregator.normalization import StatsPool
 from fedbus.aggregator.validation import (
     Rejection,
     ValidationContext,
     decode_update,
     validate_update,
 )
-from fedbus.broker.codec import DEFAULT_LIMITS, DecodeLimits
+from fedbus.broker.codec import DEFAULT_LIMITS, DecodeLimits, decode
+from fedbus.broker.errors import CodecError, ProtocolError
 from fedbus.broker.log_throttle import ThrottledLog
-from fedbus.broker.messages import AckMessage, ModelMessage, RejectReason, TrainingTask
+from fedbus.broker.messages import (
+    AckMessage,
+    FeatureStatistics,
+    ModelMessage,
+    RejectReason,
+    TrainingTask,
+)
 from fedbus.broker.tensors import encode_weights
 
 log = logging.getLogger(__name__)
@@ -57,6 +65,14 @@ class Outcome:
     model_changed: bool
 
 
+@dataclass(frozen=True)
+class StatsOutcome:
+    """What one `stats` message did: joined the pool, and completed it."""
+
+    pooled: bool
+    complete: bool
+
+
 class AggregatorCore:
     def __init__(
         self,
@@ -66,6 +82,7 @@ class AggregatorCore:
         known_nodes: frozenset[str] | None = None,
         limits: DecodeLimits = DEFAULT_LIMITS,
         max_update_norm: float | None = None,
+        stats_quorum: int = 1,
     ) -> None:
         self.task = task
         self.aggregator = aggregator
@@ -75,6 +92,50 @@ class AggregatorCore:
         self.counters = Counters()
         self.decisions: dict[str, AckMessage] = {}
         self.rejection_log = ThrottledLog(log, window=REJECTION_LOG_WINDOW)
+        self.stats_pool = StatsPool(task_feature_count(task), stats_quorum)
+
+    def handle_stats(
+        self,
+        topic_node: str,
+        payload: bytes,
+        now: float | None = None,
+        *,
+        replaying: bool = False,
+    ) -> StatsOutcome:
+        """Take one node's feature statistics from `stats/<topic_node>`.
+
+        Pooled statistics must be journaled (a replay pools the same
+        normalization). When they complete the quorum the task carries the
+        pooled normalization, and the caller must make that durable and
+        publish the model. Statistics are ignored (and counted) when the task
+        needs none or already has its normalization; they never move weights,
+        and a bad payload is counted, logged and dropped. `replaying` skips
+        the enrolment check, as for updates.
+        """
+        self.counters.bytes_in += len(payload)
+        if not self.task.needs_normalization:
+            self.counters.stats_ignored += 1
+            return StatsOutcome(pooled=False, complete=False)
+        try:
+            stats = decode(payload, FeatureStatistics, self.limits)
+            if stats.node != topic_node:
+                raise ProtocolError(f"stats of node {stats.node!r} on the topic of {topic_node!r}")
+            enrolled = self.known_nodes is None or topic_node in self.known_nodes
+            if not (enrolled or replaying):
+                raise ProtocolError(f"node {topic_node!r} is not enrolled")
+            complete = self.stats_pool.add(stats)
+        except (CodecError, ProtocolError) as exc:
+            self.counters.stats_rejected += 1
+            self.rejection_log.log(
+                "bad_stats", now, "refused statistics from %s: %s", topic_node, exc
+            )
+            return StatsOutcome(pooled=False, complete=False)
+        self.counters.stats_accepted += 1
+        if complete:
+            pooled = self.stats_pool.pooled()
+            self.task = replace(self.task, normalization=pooled)
+            log.info("normalization pooled from %d nodes' statistics", pooled.nodes)
+        return StatsOutcome(pooled=True, complete=complete)
 
     @property
     def version(self) -> int:
@@ -183,3 +244,11 @@ class AggregatorCore:
             return False
         previous = self.decisions.get(topic_node)
         return previous is None or previous.seq is None or rejection.seq > previous.seq
+
+
+def task_feature_count(task: TrainingTask) -> int:
+    """How many input features the task's model takes (rows of W or W1)."""
+    first = task.weight_shapes.get("W", task.weight_shapes.get("W1"))
+    if first is None or len(first) != 2:
+        return len(task.features)
+    return first[0]

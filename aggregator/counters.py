@@ -16,6 +16,10 @@ class Counters:
     bytes_in: int = 0
     bytes_out: int = 0
     models_published: int = 0
+    #: Feature statistics for federated normalization (stats/<node>).
+    stats_accepted: int = 0
+    stats_rejected: int = 0
+    stats_ignored: int = 0
 
     @property
     def rejected_total(self) -> int:
@@ -33,4 +37,7 @@ class Counters:
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "models_published": self.models_published,
+            "stats_accepted": self.stats_accepted,
+            "stats_rejected": self.stats_rejected,
+            "stats_ignored": self.stats_ignored,
         }

@@ -64,6 +64,7 @@ class AggregatorDaemon:
         self._status_due = 0.0
         self._status_dirty = True
         self._buffer_since: float | None = time.monotonic() if core.aggregator.buffered else None
+        self._normalization_due = False
         self.client = BusClient(
             f"fedbus-{self.topics.fleet}-aggregator",
             settings.address,
@@ -115,6 +116,8 @@ class AggregatorDaemon:
     def run(self) -> None:
         """Serve until `stopping` is set (SIGTERM/SIGINT handlers set it)."""
         self.client.subscribe(self.topics.all_nodes(Channel.UPDATE), qos=1)
+        if self.core.task.needs_normalization:
+            self.client.subscribe(self.topics.all_nodes(Channel.STATS), qos=1)
         self.client.start()
         self.client.wait_connected(self.settings.connect_timeout)
         announced_connection = 0
@@ -161,6 +164,15 @@ class AggregatorDaemon:
             self._buffer_since = now
         if self.store is not None:
             self.store.commit()
+        if self._normalization_due:
+            # The task now carries the pooled statistics. A checkpoint first (after
+            # the commit, so it covers this batch): once a node standardizes with
+            # them and trains, a restarted aggregator must not pool different ones.
+            self._normalization_due = False
+            if self.store is not None:
+                self.store.checkpoint(self.core)
+                self._checkpointed_version = self.core.version
+            model_changed = True
         if model_changed:
             # Before the acks: a node that reads "accepted, version N" in its ack
             # then finds version N already retained on the model topic.
@@ -184,6 +196,12 @@ class AggregatorDaemon:
         except ProtocolError as exc:
             self.core.counters.bad_topics += 1
             self.core.rejection_log.log("bad_topic", now, "ignored message on bad topic: %s", exc)
+            return None, False
+        if channel is Channel.STATS and node is not None:
+            stats = self.core.handle_stats(node, payload, now)
+            if stats.pooled and self.store is not None:
+                self.store.log_stats(node, payload)
+            self._normalization_due |= stats.complete
             return None, False
         if channel is not Channel.UPDATE or node is None:
             return None, False

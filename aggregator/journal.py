@@ -3,7 +3,7 @@
 An update is acknowledged only after its entry is here and fsynced, so an
 acknowledged update survives any crash: on start the daemon loads the last
 checkpoint and feeds the entries written after it back through the same
-deterministic core. Two kinds of entry exist:
+deterministic core. Three kinds of entry exist:
 
 - `accepted`: the topic's node id and the raw update payload, exactly as
   received. Replaying the payload (rather than a decoded delta) keeps one
@@ -11,6 +11,9 @@ deterministic core. Two kinds of entry exist:
 - `flush`: a time-triggered step of a partial buffer. Time is not part of
   the message stream, so the decision itself must be logged for a replay to
   take the same steps.
+- `stats`: a node's feature statistics that went into the normalization
+  pool (node id and raw payload, like `accepted`), so a replay pools the
+  same normalization into the task.
 
 On disk a segment is `journal-<checkpoint id>.log`: a magic header, then
 records of `u32 length | u32 crc32 | msgpack body`, little-endian. A crash
@@ -41,6 +44,8 @@ MAX_ENTRY_BYTES = 256 * 1024 * 1024
 
 KIND_ACCEPTED = "accepted"
 KIND_FLUSH = "flush"
+KIND_STATS = "stats"
+_WITH_PAYLOAD = (KIND_ACCEPTED, KIND_STATS)
 
 
 class JournalError(FedbusError):
@@ -61,6 +66,10 @@ class JournalEntry:
     def flush(cls) -> JournalEntry:
         return cls(KIND_FLUSH)
 
+    @classmethod
+    def stats(cls, node: str, payload: bytes) -> JournalEntry:
+        return cls(KIND_STATS, node, payload)
+
 
 def segment_name(checkpoint_id: int) -> str:
     return f"journal-{checkpoint_id:08d}.log"
@@ -77,7 +86,7 @@ def segment_id(path: Path) -> int | None:
 
 def _encode_entry(entry: JournalEntry) -> bytes:
     body: dict[str, str | bytes] = {"k": entry.kind}
-    if entry.kind == KIND_ACCEPTED:
+    if entry.kind in _WITH_PAYLOAD:
         body |= {"node": entry.node, "p": entry.payload}
     packed: bytes = msgpack.packb(body, use_bin_type=True)
     if len(packed) > MAX_ENTRY_BYTES:
@@ -89,10 +98,10 @@ def _decode_entry(body: bytes) -> JournalEntry:
     try:
         raw = msgpack.unpackb(body, raw=False, strict_map_key=True, max_bin_len=MAX_ENTRY_BYTES)
         kind = raw["k"]
-        if kind == KIND_ACCEPTED:
+        if kind in _WITH_PAYLOAD:
             node, payload = raw["node"], raw["p"]
             if isinstance(node, str) and isinstance(payload, bytes):
-                return JournalEntry.accepted(node, payload)
+                return JournalEntry(kind, node, payload)
         elif kind == KIND_FLUSH:
             return JournalEntry.flush()
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:

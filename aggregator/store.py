@@ -37,6 +37,7 @@ from fedbus.aggregator.core import AggregatorCore
 from fedbus.aggregator.journal import (
     KIND_ACCEPTED,
     KIND_FLUSH,
+    KIND_STATS,
     JournalEntry,
     JournalError,
     JournalWriter,
@@ -68,6 +69,13 @@ def apply_entry(core: AggregatorCore, entry: JournalEntry) -> bool:
     """
     if entry.kind == KIND_FLUSH:
         return core.flush()
+    if entry.kind == KIND_STATS:
+        if not core.handle_stats(entry.node, entry.payload, replaying=True).pooled:
+            raise JournalError(
+                f"journaled statistics from {entry.node} were not pooled on replay: "
+                "checkpoint and journal disagree"
+            )
+        return False
     if entry.kind != KIND_ACCEPTED:
         raise JournalError(f"unknown journal entry kind {entry.kind!r}")
     outcome = core.handle_update(entry.node, entry.payload, replaying=True)
@@ -149,6 +157,9 @@ class AggregatorStore:
 
     def log_flush(self) -> None:
         self.writer.append(JournalEntry.flush())
+
+    def log_stats(self, node: str, payload: bytes) -> None:
+        self.writer.append(JournalEntry.stats(node, payload))
 
     def commit(self) -> None:
         """fsync what was logged; only then may acks for it go out."""

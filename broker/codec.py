@@ -10,11 +10,12 @@ count the rejection and carry on.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgpack
+import numpy as np
 
 from fedbus.broker.errors import (
     CodecError,
@@ -23,14 +24,17 @@ from fedbus.broker.errors import (
     UnsupportedVersionError,
 )
 from fedbus.broker.messages import (
+    MAX_PREPROCESS_STEPS,
     PROTOCOL_VERSION,
     AckMessage,
     AggregatorStatus,
+    FeatureStatistics,
     Message,
     MessageType,
     ModelMessage,
     NodeState,
     NodeStatus,
+    Normalization,
     RejectReason,
     TrainingTask,
     UpdateMessage,
@@ -79,8 +83,27 @@ def tensor_to_map(tensor: WireTensor) -> dict[str, Any]:
     return body
 
 
-def _task_map(task: TrainingTask) -> dict[str, Any]:
+def _f64_bytes(values: Sequence[float]) -> bytes:
+    return np.asarray(values, dtype="<f8").tobytes()
+
+
+def _u64_bytes(values: Sequence[int]) -> bytes:
+    return np.asarray(values, dtype="<u8").tobytes()
+
+
+def _normalization_map(normalization: Normalization) -> dict[str, Any]:
     return {
+        "nodes": normalization.nodes,
+        "count": _u64_bytes(normalization.count),
+        "mean": _f64_bytes(normalization.mean),
+        "std": _f64_bytes(normalization.std),
+        "min": _f64_bytes(normalization.minimum),
+        "max": _f64_bytes(normalization.maximum),
+    }
+
+
+def _task_map(task: TrainingTask) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "name": task.name,
         "learner": task.learner,
         "weights": [{"name": k, "shape": list(v)} for k, v in task.weight_shapes.items()],
@@ -88,6 +111,23 @@ def _task_map(task: TrainingTask) -> dict[str, Any]:
         "batch_size": task.batch_size,
         "learning_rate": task.learning_rate,
     }
+    # The data fields only when set: a task without them encodes as in 0.1.
+    if task.features:
+        body["features"] = list(task.features)
+    if task.preprocess:
+        body["preprocess"] = [_plain(dict(step)) for step in task.preprocess]
+    if task.normalization is not None:
+        body["normalization"] = _normalization_map(task.normalization)
+    return body
+
+
+def _plain(value: Any) -> Any:
+    """A copy with every mapping a dict and every sequence a list, as msgpack wants."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
 
 
 def _body(message: Message) -> dict[str, Any]:
@@ -127,6 +167,16 @@ def _body(message: Message) -> dict[str, Any]:
             "node": message.node,
             "state": message.state.value,
             "version": message.version,
+        }
+    if isinstance(message, FeatureStatistics):
+        return {
+            "type": MessageType.STATS.value,
+            "node": message.node,
+            "count": _u64_bytes(message.count),
+            "sum": _f64_bytes(message.total),
+            "sum_sq": _f64_bytes(message.total_sq),
+            "min": _f64_bytes(message.minimum),
+            "max": _f64_bytes(message.maximum),
         }
     if isinstance(message, AggregatorStatus):
         return {
@@ -247,6 +297,15 @@ def _task(raw: Any, limits: DecodeLimits) -> TrainingTask:
         if name in shapes:
             raise CodecError(f"task: weight {name!r} listed twice")
         shapes[name] = _shape(entry.get("shape"), f"task weight {name!r}", limits)
+    features = _optional(raw, "features", list, "task") or []
+    if not all(isinstance(name, str) for name in features):
+        raise CodecError("task: features must be strings")
+    steps = _optional(raw, "preprocess", list, "task") or []
+    if len(steps) > MAX_PREPROCESS_STEPS:
+        raise CodecError(f"task: {len(steps)} preprocessing steps, limit {MAX_PREPROCESS_STEPS}")
+    for step in steps:
+        _check_step(step)
+    normalization = _optional(raw, "normalization", dict, "task")
     return TrainingTask(
         name=required_field(raw, "name", str, "task"),
         learner=required_field(raw, "learner", str, "task"),
@@ -254,6 +313,76 @@ def _task(raw: Any, limits: DecodeLimits) -> TrainingTask:
         local_epochs=required_field(raw, "local_epochs", int, "task"),
         batch_size=required_field(raw, "batch_size", int, "task"),
         learning_rate=float(required_field(raw, "learning_rate", (float, int), "task")),
+        features=tuple(features),
+        preprocess=tuple(steps),
+        normalization=None if normalization is None else _normalization(normalization),
+    )
+
+
+def _check_step(step: Any) -> None:
+    """A preprocessing step is a map with a string `step` and plain values (depth <= 3).
+
+    Only the shape is checked here; what the keys mean is the node's business
+    (fedbus.node.preprocess), which refuses what it does not know.
+    """
+    if not isinstance(step, dict) or not isinstance(step.get("step"), str):
+        raise CodecError("task: each preprocessing step must be a map with a string 'step'")
+
+    def plain(value: Any, depth: int) -> bool:
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return not (isinstance(value, float) and not math.isfinite(value))
+        if depth >= 3:
+            return False
+        if isinstance(value, list):
+            return all(plain(item, depth + 1) for item in value)
+        if isinstance(value, dict):
+            return all(plain(item, depth + 1) for item in value.values())
+        return False
+
+    if not plain(step, 0):
+        raise CodecError(f"task: preprocessing step {step['step']!r} holds a value of another kind")
+
+
+def _vector(raw: Mapping[str, Any], key: str, dtype: str, n: int | None, where: str) -> np.ndarray:
+    """A per-feature vector sent as little-endian float64 (or uint64) bytes."""
+    data = required_field(raw, key, bytes, where)
+    if len(data) % 8 or (n is not None and len(data) != 8 * n):
+        expected = "a multiple of 8" if n is None else str(8 * n)
+        raise CodecError(f"{where}: {key!r} has {len(data)} bytes, expected {expected}")
+    return np.frombuffer(data, dtype=dtype)
+
+
+def _normalization(raw: Mapping[str, Any]) -> Normalization:
+    where = "task normalization"
+    count = _vector(raw, "count", "<u8", None, where)
+    n = count.size
+    try:
+        return Normalization(
+            nodes=non_negative_field(raw, "nodes", where),
+            count=tuple(int(c) for c in count),
+            mean=tuple(_vector(raw, "mean", "<f8", n, where).tolist()),
+            std=tuple(_vector(raw, "std", "<f8", n, where).tolist()),
+            minimum=tuple(_vector(raw, "min", "<f8", n, where).tolist()),
+            maximum=tuple(_vector(raw, "max", "<f8", n, where).tolist()),
+        )
+    except ProtocolError as exc:
+        raise CodecError(str(exc)) from None
+
+
+def _stats(body: Mapping[str, Any], limits: DecodeLimits) -> FeatureStatistics:
+    count = _vector(body, "count", "<u8", None, "stats")
+    n = count.size
+    if n > limits.max_tensor_elements:
+        raise CodecError(f"stats: {n} features, limit {limits.max_tensor_elements}")
+    if count.size and int(count.max()) >= 2**63:
+        raise CodecError("stats: a count is out of range")
+    return FeatureStatistics(
+        node=required_field(body, "node", str, "stats"),
+        count=tuple(int(c) for c in count),
+        total=tuple(_vector(body, "sum", "<f8", n, "stats").tolist()),
+        total_sq=tuple(_vector(body, "sum_sq", "<f8", n, "stats").tolist()),
+        minimum=tuple(_vector(body, "min", "<f8", n, "stats").tolist()),
+        maximum=tuple(_vector(body, "max", "<f8", n, "stats").tolist()),
     )
 
 
@@ -333,6 +462,7 @@ _DECODERS = {
     MessageType.ACK.value: _ack,
     MessageType.NODE_STATUS.value: _node_status,
     MessageType.AGGREGATOR_STATUS.value: _aggregator_status,
+    MessageType.STATS.value: _stats,
 }
 
 

@@ -8,10 +8,12 @@ built locally either.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
+from typing import Any
 
 from fedbus.broker.errors import ProtocolError
 from fedbus.broker.tensors import WireTensor
@@ -26,6 +28,7 @@ class MessageType(str, Enum):
     ACK = "ack"
     NODE_STATUS = "node_status"
     AGGREGATOR_STATUS = "aggregator_status"
+    STATS = "stats"
 
 
 class RejectReason(str, Enum):
@@ -50,9 +53,93 @@ def _check_non_negative(name: str, value: int) -> None:
         raise ProtocolError(f"{name} must be >= 0, got {value}")
 
 
+def _same_length(what: str, *vectors: tuple[Any, ...]) -> int:
+    lengths = {len(v) for v in vectors}
+    if len(lengths) != 1:
+        raise ProtocolError(f"{what}: per-feature vectors differ in length: {sorted(lengths)}")
+    return lengths.pop()
+
+
+def _check_finite(what: str, *vectors: tuple[float, ...]) -> None:
+    if not all(math.isfinite(x) for vector in vectors for x in vector):
+        raise ProtocolError(f"{what}: values must be finite")
+
+
+@dataclass(frozen=True)
+class FeatureStatistics:
+    """A node's sufficient statistics of its cleaned local data, on `stats/<node>`.
+
+    Per feature: how many values (missing cells excluded), their sum and sum
+    of squares, their minimum and maximum (0 where the count is 0). Enough to
+    pool mean, variance and range across nodes without any row leaving one.
+    """
+
+    node: str
+    count: tuple[int, ...]
+    total: tuple[float, ...]
+    total_sq: tuple[float, ...]
+    minimum: tuple[float, ...]
+    maximum: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        validate_id(self.node)
+        _same_length("stats", self.count, self.total, self.total_sq, self.minimum, self.maximum)
+        if any(c < 0 for c in self.count):
+            raise ProtocolError("stats: counts must be >= 0")
+        _check_finite("stats", self.total, self.total_sq, self.minimum, self.maximum)
+        if any(q < 0 for q in self.total_sq):
+            raise ProtocolError("stats: sums of squares must be >= 0")
+        if any(
+            c and lo > hi for c, lo, hi in zip(self.count, self.minimum, self.maximum, strict=True)
+        ):
+            raise ProtocolError("stats: a minimum exceeds its maximum")
+
+    @property
+    def n_features(self) -> int:
+        return len(self.count)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Global per-feature statistics pooled from the nodes' `stats`, inside the task.
+
+    `std` is the population standard deviation; a feature no node had a value
+    for has count 0, mean 0 and std 1.
+    """
+
+    nodes: int
+    count: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    minimum: tuple[float, ...]
+    maximum: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        _same_length("normalization", self.count, self.mean, self.std, self.minimum, self.maximum)
+        if self.nodes < 1 or any(c < 0 for c in self.count):
+            raise ProtocolError("normalization: needs nodes >= 1 and counts >= 0")
+        _check_finite("normalization", self.mean, self.std, self.minimum, self.maximum)
+        if any(s < 0 for s in self.std):
+            raise ProtocolError("normalization: std must be >= 0")
+
+    @property
+    def n_features(self) -> int:
+        return len(self.count)
+
+
+#: Most preprocessing steps a task may carry (docs/PROTOCOL.md 7.2).
+MAX_PREPROCESS_STEPS = 32
+
+
 @dataclass(frozen=True)
 class TrainingTask:
-    """What every node must do with the model: learner, its layout and local work."""
+    """What every node must do with the model: learner, its layout and local work.
+
+    The optional data fields say how a node turns its raw rows into training
+    data: the feature names in column order, the preprocessing steps every
+    node applies (their meaning is fedbus.node.preprocess's), and the global
+    normalization statistics once the aggregator has pooled them.
+    """
 
     name: str
     learner: str
@@ -60,6 +147,9 @@ class TrainingTask:
     local_epochs: int = 1
     batch_size: int = 16
     learning_rate: float = 0.1
+    features: tuple[str, ...] = ()
+    preprocess: tuple[Mapping[str, Any], ...] = ()
+    normalization: Normalization | None = None
 
     def __post_init__(self) -> None:
         if self.local_epochs < 1 or self.batch_size < 1 or not self.learning_rate > 0:
@@ -68,6 +158,35 @@ class TrainingTask:
             raise ProtocolError("task needs at least one weight tensor")
         frozen = {k: tuple(int(d) for d in v) for k, v in self.weight_shapes.items()}
         object.__setattr__(self, "weight_shapes", MappingProxyType(frozen))
+        object.__setattr__(self, "features", tuple(self.features))
+        if len(set(self.features)) != len(self.features):
+            raise ProtocolError("task: feature names must be unique")
+        if len(self.preprocess) > MAX_PREPROCESS_STEPS:
+            raise ProtocolError(f"task: at most {MAX_PREPROCESS_STEPS} preprocessing steps")
+        object.__setattr__(
+            self, "preprocess", tuple(MappingProxyType(dict(step)) for step in self.preprocess)
+        )
+        normalization = self.normalization
+        if (
+            normalization is not None
+            and self.features
+            and (normalization.n_features != len(self.features))
+        ):
+            raise ProtocolError(
+                f"task: normalization of {normalization.n_features} features "
+                f"for {len(self.features)} feature names"
+            )
+
+    @property
+    def needs_normalization(self) -> bool:
+        """True while the steps scale by global statistics the task does not carry yet."""
+        return self.normalization is None and any(
+            step.get("step") in SCALING_STEPS for step in self.preprocess
+        )
+
+
+#: Preprocessing steps that scale by global statistics (federated normalization).
+SCALING_STEPS = frozenset({"standardize", "minmax"})
 
 
 @dataclass(frozen=True)
@@ -150,4 +269,6 @@ class AggregatorStatus:
     counters: Mapping[str, int | float | Mapping[str, int]] = field(default_factory=dict)
 
 
-Message = ModelMessage | UpdateMessage | AckMessage | NodeStatus | AggregatorStatus
+Message = (
+    ModelMessage | UpdateMessage | AckMessage | NodeStatus | AggregatorStatus | FeatureStatistics
+)
