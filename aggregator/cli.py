@@ -9,8 +9,6 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
-
 from fedbus.aggregator.buffer import AggregationConfig, AggregationMode, BufferedAggregator
 from fedbus.aggregator.checkpoint import CheckpointError
 from fedbus.aggregator.core import AggregatorCore
@@ -19,6 +17,7 @@ from fedbus.aggregator.journal import JournalError
 from fedbus.aggregator.server_optimizer import OptimizerSettings, ServerOptimizer
 from fedbus.aggregator.staleness import StalenessKind, StalenessWeighting
 from fedbus.aggregator.store import AggregatorStore, audit_history
+from fedbus.aggregator.task_config import load_pipeline, parse_hidden, training_task
 from fedbus.broker.cli_common import (
     add_bus_arguments,
     add_logging_arguments,
@@ -28,8 +27,7 @@ from fedbus.broker.cli_common import (
     stop_on_signals,
 )
 from fedbus.broker.errors import ConfigError, ProtocolError
-from fedbus.broker.layouts import weight_shapes
-from fedbus.broker.messages import TrainingTask
+from fedbus.broker.layouts import LEARNERS, initial_weights
 from fedbus.broker.topics import validate_id
 
 log = logging.getLogger(__name__)
@@ -39,9 +37,36 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_bus_arguments(parser)
     task = parser.add_argument_group("task (what nodes train)")
     task.add_argument("--task-name", default="digits-20")
-    task.add_argument("--learner", default="softmax", choices=["softmax"])
+    task.add_argument("--learner", default="softmax", choices=LEARNERS)
     task.add_argument("--features", type=int, default=64, help="input features (default 64)")
-    task.add_argument("--classes", type=int, default=10, help="output classes (default 10)")
+    task.add_argument(
+        "--classes",
+        type=int,
+        default=10,
+        help="output classes (default 10); outputs for linear, 1 for logistic",
+    )
+    task.add_argument("--hidden", default=None, help="mlp hidden layer widths, e.g. 64 or 64,32")
+    task.add_argument(
+        "--init-seed", type=int, default=0, help="seed of the mlp's initial weights (default 0)"
+    )
+    task.add_argument(
+        "--feature-names",
+        default=None,
+        help="comma-separated feature names in column order (for named pipeline steps)",
+    )
+    task.add_argument(
+        "--pipeline",
+        type=Path,
+        default=None,
+        help="preprocessing steps every node applies: a JSON list or TOML [[step]] tables",
+    )
+    task.add_argument(
+        "--stats-quorum",
+        type=int,
+        default=1,
+        help="nodes whose feature statistics are pooled before a standardize/minmax "
+        "pipeline may train (default 1)",
+    )
     task.add_argument("--local-epochs", type=int, default=1)
     task.add_argument("--batch-size", type=int, default=16)
     task.add_argument("--local-lr", type=float, default=0.1, help="nodes' SGD learning rate")
@@ -173,24 +198,36 @@ def aggregation_config(args: argparse.Namespace) -> AggregationConfig:
 
 def build_core(args: argparse.Namespace) -> AggregatorCore:
     """A fresh core (initial model, empty buffer) for the task and settings in `args`."""
-    shapes = weight_shapes(args.learner, args.features, args.classes)
+    names = tuple(args.feature_names.split(",")) if args.feature_names else ()
+    task = training_task(
+        name=args.task_name,
+        learner=args.learner,
+        n_features=args.features,
+        n_outputs=args.classes,
+        hidden=parse_hidden(args.hidden),
+        local_epochs=args.local_epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.local_lr,
+        features=names,
+        preprocess=load_pipeline(args.pipeline) if args.pipeline else (),
+    )
     try:
-        task = TrainingTask(
-            args.task_name, args.learner, shapes, args.local_epochs, args.batch_size, args.local_lr
-        )
         known = None
         if args.allow_node:
             known = frozenset(validate_id(n) for n in args.allow_node)
     except ProtocolError as exc:
         raise ConfigError(str(exc)) from None
-    initial = {name: np.zeros(shape, dtype=np.float32) for name, shape in shapes.items()}
+    initial = initial_weights(args.learner, task.weight_shapes, args.init_seed)
     if args.max_update_norm is not None and not args.max_update_norm > 0:
         raise ConfigError(f"--max-update-norm must be > 0, got {args.max_update_norm}")
+    if args.stats_quorum < 1:
+        raise ConfigError(f"--stats-quorum must be >= 1, got {args.stats_quorum}")
     return AggregatorCore(
         task,
         BufferedAggregator(aggregation_config(args), initial),
         known_nodes=known,
         max_update_norm=args.max_update_norm,
+        stats_quorum=args.stats_quorum,
     )
 
 
