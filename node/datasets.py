@@ -13,7 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ReferenceTask", "load_digits_task"]
+__all__ = [
+    "ReferenceTask",
+    "TabularTask",
+    "central_linear_baseline",
+    "load_diabetes_task",
+    "load_digits_task",
+    "regression_scores",
+]
 
 _SPLIT_SEED = 0
 _N_TRAIN = 1437
@@ -79,3 +86,88 @@ def load_digits_task() -> ReferenceTask:
         n_features=X.shape[1],
         n_classes=int(y.max()) + 1,
     )
+
+
+@dataclass(frozen=True, eq=False)
+class TabularTask:
+    """Raw rows of a demo data set, split for training and testing.
+
+    Unlike the reference task, nothing is standardized here: in a fleet each
+    device holds raw sensor or clinic values, and scaling them is the
+    preprocessing pipeline's job (with federated normalization). ``X_*`` are
+    float64 (rows, features) with NaN for a missing cell; ``y_*`` float64.
+    """
+
+    name: str
+    kind: str  # "classification" | "regression"
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    feature_names: tuple[str, ...]
+    n_outputs: int
+
+
+_DIABETES_TRAIN = 354  # 80 % of 442
+
+
+@functools.lru_cache(maxsize=1)
+def load_diabetes_task() -> TabularTask:
+    """scikit-learn's diabetes regression data in clinical units, split 354 / 88.
+
+    ``load_diabetes(scaled=False)``: age, sex, BMI, blood pressure and six
+    blood serum measurements of 442 patients; the target is a measure of
+    disease progression one year later (25 to 346). Rows are shuffled with
+    ``np.random.RandomState(0)``; the first 354 train, the rest test.
+    """
+    try:
+        from sklearn.datasets import load_diabetes
+    except ImportError as exc:
+        raise ImportError(
+            "the diabetes data set needs scikit-learn; install the demo extra: "
+            "pip install 'fedbus[demo]'"
+        ) from exc
+    data = load_diabetes(scaled=False)
+    X = np.asarray(data.data, dtype=np.float64)
+    y = np.asarray(data.target, dtype=np.float64)
+    order = np.random.RandomState(_SPLIT_SEED).permutation(len(X))
+    train, test = order[:_DIABETES_TRAIN], order[_DIABETES_TRAIN:]
+    arrays = [np.ascontiguousarray(a) for a in (X[train], y[train], X[test], y[test])]
+    for a in arrays:
+        a.setflags(write=False)
+    return TabularTask(
+        name="diabetes",
+        kind="regression",
+        X_train=arrays[0],
+        y_train=arrays[1],
+        X_test=arrays[2],
+        y_test=arrays[3],
+        feature_names=tuple(data.feature_names),
+        n_outputs=1,
+    )
+
+
+def central_linear_baseline(task: TabularTask) -> dict[str, float]:
+    """R² and RMSE on the test rows of least squares fitted to ALL training rows at once.
+
+    The yardstick a federated run is held against: the best a linear model
+    can do with every row in one place (features standardized with the
+    pooled training statistics, an intercept, no regularization).
+    """
+    mean = task.X_train.mean(axis=0)
+    std = task.X_train.std(axis=0)
+    std[std == 0] = 1.0
+
+    def design(X: np.ndarray) -> np.ndarray:
+        return np.column_stack([(X - mean) / std, np.ones(len(X))])
+
+    coef = np.linalg.lstsq(design(task.X_train), task.y_train, rcond=None)[0]
+    return regression_scores(task.y_test, design(task.X_test) @ coef)
+
+
+def regression_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """``r2`` (1 - SS_res / SS_tot; 0.0 when SS_tot is 0) and ``rmse``."""
+    residual = np.asarray(y_true, np.float64) - np.asarray(y_pred, np.float64).reshape(-1)
+    total = float(((y_true - np.mean(y_true)) ** 2).sum())
+    r2 = 1.0 - float((residual**2).sum()) / total if total > 0 else 0.0
+    return {"r2": r2, "rmse": float(np.sqrt(np.mean(residual**2))) if residual.size else 0.0}
