@@ -14,9 +14,11 @@ COMMANDS = {
     "broker": ("fedbus.broker.serve", "run the project's Mosquitto broker in the foreground"),
     "aggregator": ("fedbus.aggregator.cli", "run the asynchronous aggregation daemon"),
     "node": ("fedbus.node.cli", "run one edge node on local data"),
-    "demo": ("fedbus.node.demo", "broker + aggregator + simulated fleet on the digits task"),
+    "demo": ("fedbus.node.demo", "broker + aggregator + simulated fleet on a real data set"),
     "record": ("fedbus.broker.record_cli", "record a fleet's MQTT traffic to a .fbrec file"),
     "replay": ("fedbus.broker.replay_cli", "publish a .fbrec recording back to a broker"),
+    "export": ("fedbus.node.export_cli", "write a node's or the fleet's model as a portable file"),
+    "predict": ("fedbus.node.predict_cli", "predict for the rows of a CSV from a model file"),
 }
 
 

@@ -32,6 +32,7 @@ from fedbus.broker.messages import (
     Message,
     MessageType,
     ModelMessage,
+    NodeMetrics,
     NodeState,
     NodeStatus,
     Normalization,
@@ -177,6 +178,15 @@ def _body(message: Message) -> dict[str, Any]:
             "sum_sq": _f64_bytes(message.total_sq),
             "min": _f64_bytes(message.minimum),
             "max": _f64_bytes(message.maximum),
+        }
+    if isinstance(message, NodeMetrics):
+        return {
+            "type": MessageType.NODE_METRICS.value,
+            "node": message.node,
+            "version": message.version,
+            "rows_raw": message.rows_raw,
+            "rows_used": message.rows_used,
+            "preprocess": {step: dict(counts) for step, counts in message.preprocess.items()},
         }
     if isinstance(message, AggregatorStatus):
         return {
@@ -456,6 +466,22 @@ def _aggregator_status(body: Mapping[str, Any], limits: DecodeLimits) -> Aggrega
     )
 
 
+def _node_metrics(body: Mapping[str, Any], limits: DecodeLimits) -> NodeMetrics:
+    steps = _optional(body, "preprocess", dict, "node_metrics") or {}
+    for step, counts in steps.items():
+        if not isinstance(counts, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in counts.values()
+        ):
+            raise CodecError(f"node_metrics: step {step!r} must map counter names to integers")
+    return NodeMetrics(
+        node=required_field(body, "node", str, "node_metrics"),
+        version=non_negative_field(body, "version", "node_metrics"),
+        rows_raw=non_negative_field(body, "rows_raw", "node_metrics"),
+        rows_used=non_negative_field(body, "rows_used", "node_metrics"),
+        preprocess=steps,
+    )
+
+
 _DECODERS = {
     MessageType.MODEL.value: _model,
     MessageType.UPDATE.value: _update,
@@ -463,6 +489,7 @@ _DECODERS = {
     MessageType.NODE_STATUS.value: _node_status,
     MessageType.AGGREGATOR_STATUS.value: _aggregator_status,
     MessageType.STATS.value: _stats,
+    MessageType.NODE_METRICS.value: _node_metrics,
 }
 
 

@@ -29,6 +29,7 @@ class MessageType(str, Enum):
     NODE_STATUS = "node_status"
     AGGREGATOR_STATUS = "aggregator_status"
     STATS = "stats"
+    NODE_METRICS = "node_metrics"
 
 
 class RejectReason(str, Enum):
@@ -269,6 +270,33 @@ class AggregatorStatus:
     counters: Mapping[str, int | float | Mapping[str, int]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class NodeMetrics:
+    """What a node's data preparation did for one local run, on `metrics/<node>`.
+
+    Informational (QoS 0, not retained): rows before and after the
+    preprocessing steps, and each step's own counts (cells filled, rows
+    dropped, cells clipped, rows flagged), keyed "<position>:<step>".
+    """
+
+    node: str
+    version: int
+    rows_raw: int
+    rows_used: int
+    preprocess: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_id(self.node)
+        if min(self.version, self.rows_raw, self.rows_used) < 0:
+            raise ProtocolError("node_metrics: version and row counts must be >= 0")
+
+
 Message = (
-    ModelMessage | UpdateMessage | AckMessage | NodeStatus | AggregatorStatus | FeatureStatistics
+    ModelMessage
+    | UpdateMessage
+    | AckMessage
+    | NodeStatus
+    | AggregatorStatus
+    | FeatureStatistics
+    | NodeMetrics
 )
