@@ -28,13 +28,20 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FORMAT", "PortableModel", "export_portable"]
+__all__ = [
+    "FORMAT",
+    "PortableModel",
+    "export_portable",
+    "inference_steps",
+    "normalization_lists",
+    "transform_rows",
+]
 
 FORMAT = "fedbus-portable-model/1"
 _SCALING = ("standardize", "minmax")
 
 
-def _inference_steps(
+def inference_steps(
     preprocess: Sequence[Mapping[str, Any]],
     features: Sequence[str],
     normalization: Mapping[str, Sequence[float]] | None,
@@ -73,7 +80,8 @@ def _inference_steps(
     return steps
 
 
-def _transform(steps: Sequence[Mapping[str, Any]], X: np.ndarray) -> np.ndarray:
+def transform_rows(steps: Sequence[Mapping[str, Any]], X: np.ndarray) -> np.ndarray:
+    """Apply `inference_steps` to raw rows (float64 copy; NaN = missing)."""
     out = np.array(X, dtype=np.float64, copy=True)
     for step in steps:
         if step["step"] == "fill_missing":
@@ -122,7 +130,7 @@ def export_portable(
         "version": version,
         "features": list(features),
         "tensors": [{"name": n, "shape": list(w.shape)} for n, w in weights.items()],
-        "inference": _inference_steps(preprocess, features, normalization),
+        "inference": inference_steps(preprocess, features, normalization),
         "quantized": "int8" if int8 else None,
     }
     arrays: dict[str, np.ndarray] = {
@@ -185,7 +193,7 @@ class PortableModel:
             raise ValueError(
                 f"rows have {X.shape[1]} features, the model takes {len(self.features)}"
             )
-        return _transform(self.spec["inference"], X)
+        return transform_rows(self.spec["inference"], X)
 
     def decision(self, X: np.ndarray) -> np.ndarray:
         """Raw model output: regression values, P(y=1), or class probabilities."""
