@@ -211,7 +211,7 @@ class PortableModel:
         if learner == "linear":
             return z[:, 0] if z.shape[1] == 1 else z
         if learner == "logistic":
-            return 0.5 * (1.0 + np.tanh(0.5 * z[:, 0]))  # the logistic function, overflow-free
+            return _sigmoid(z[:, 0])
         if learner == "softmax":
             return _softmax(z)
         raise ValueError(f"unknown learner {learner!r}")
@@ -225,6 +225,12 @@ class PortableModel:
         if learner in ("softmax", "mlp"):
             return np.argmax(out, axis=1).astype(np.int64)
         return out
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-z)) without overflow, and accurate for tiny probabilities too."""
+    small = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + small), small / (1.0 + small))
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
