@@ -143,7 +143,7 @@ def export_portable(
         else:  # biases stay float32: they are few and sensitive
             arrays[f"w.{name}"] = weight
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]  # numpy stubs: allow_pickle
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(buffer.getvalue())
     tmp.replace(path)

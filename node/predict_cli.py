@@ -15,6 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from fedbus.broker.cli_common import command_main
 from fedbus.broker.errors import ConfigError, DataError
 from fedbus.node.portable import PortableModel
@@ -51,15 +53,51 @@ def load_any_model(path: Path) -> PortableModel:
         return PortableModel.load(portable)
 
 
-def run(args: argparse.Namespace) -> int:
-    from fedbus.node.sources import read_csv
+_MISSING = frozenset({"", "NA", "N/A", "NaN", "nan", "null", "?"})
 
+
+def read_feature_rows(path: Path, features: list[str]) -> np.ndarray:
+    """The named columns of a CSV as float64 rows, NaN for a missing cell.
+
+    Only the standard library and numpy: this is the path a small device runs.
+    """
+    try:
+        handle = path.open(newline="")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror}") from None
+    with handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path}: empty file, expected a header row")
+        missing = [name for name in features if name not in header]
+        if missing:
+            raise DataError(f"{path}: the model needs columns {missing}, header has {header}")
+        columns = [header.index(name) for name in features]
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            if len(row) != len(header):
+                raise DataError(f"{path}:{line}: {len(row)} cells, header has {len(header)}")
+            values = []
+            for column, name in zip(columns, features, strict=True):
+                text = row[column].strip()
+                try:
+                    values.append(float("nan") if text in _MISSING else float(text))
+                except ValueError:
+                    raise DataError(
+                        f"{path}:{line}: column {name!r} holds {text!r}, not a number"
+                    ) from None
+            rows.append(values)
+    return np.array(rows, dtype=np.float64).reshape(len(rows), len(features))
+
+
+def run(args: argparse.Namespace) -> int:
     model = load_any_model(args.model)
     try:
-        table = read_csv(args.input, label=None, features=model.features)
+        rows = read_feature_rows(args.input, model.features)
     except DataError as exc:
         raise ConfigError(f"--input: {exc}") from None
-    predictions = model.predict(table.X)
+    predictions = model.predict(rows)
     if args.output is None:
         for value in predictions:
             print(value)

@@ -136,3 +136,23 @@ def test_scaling_without_pooled_statistics_cannot_be_exported(tmp_path: Path) ->
             features="abc",
             preprocess=[{"step": "standardize"}],
         )
+
+
+def test_fedbus_predict_reads_named_columns_in_any_order(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from fedbus.broker.cli import main as fedbus
+
+    weights = _weights("linear", 3, 1)
+    model_file = tmp_path / "m.npz"
+    export_portable(model_file, learner="linear", weights=weights, features=["a", "b", "c"])
+    data = tmp_path / "rows.csv"
+    data.write_text("label,c,a,b\n9,3,1,2\n9,6,4,\n")  # other order, a label, a gap
+    assert fedbus(["predict", "--model", str(model_file), "--input", str(data)]) == 0
+    printed = [float(v) for v in capsys.readouterr().out.split()]
+    model = PortableModel.load(model_file)
+    np.testing.assert_allclose(printed, model.predict(np.array([[1, 2, 3], [4, np.nan, 6]])))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b,c\n1,2,x\n")
+    with pytest.raises(SystemExit) as stopped:
+        fedbus(["predict", "--model", str(model_file), "--input", str(bad)])
+    assert stopped.value.code == 2
+    assert "bad.csv:2: column 'c' holds 'x', not a number" in capsys.readouterr().err
