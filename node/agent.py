@@ -24,17 +24,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from fedbus.broker.client import BrokerAddress, BusClient, LastWill
 from fedbus.broker.codec import decode, encode
-from fedbus.broker.errors import CodecError, ProtocolError
+from fedbus.broker.durable_files import write_atomically
+from fedbus.broker.errors import CodecError, ConfigError, DataError, ProtocolError
 from fedbus.broker.messages import (
     AckMessage,
     ModelMessage,
+    NodeMetrics,
     NodeState,
     NodeStatus,
     TrainingTask,
@@ -45,9 +47,18 @@ from fedbus.broker.topics import Channel, Topics
 from fedbus.kernels.warmup import warm_up
 from fedbus.node.compression import CodecSpec, compress
 from fedbus.node.device_state import DeviceState, load_device_state, save_device_state, take_seq
-from fedbus.node.learners import Learner, SoftmaxRegression
+from fedbus.node.learners import Learner, build_learner
 from fedbus.node.local_work import local_shuffle_rng
 from fedbus.node.outbox import Outbox
+from fedbus.node.portable import inference_steps, normalization_lists, transform_rows
+from fedbus.node.sources import Table, from_arrays
+from fedbus.node.training_data import (
+    Prepared,
+    RowSource,
+    StatisticsNeeded,
+    node_statistics,
+    prepare,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +67,12 @@ log = logging.getLogger(__name__)
 BeforeSend = Callable[["EdgeNode", int], bool]
 
 
-def build_learner(task: TrainingTask) -> Learner:
+def learner_for(task: TrainingTask) -> Learner:
     """The learner a task names, sized from the task's weight layout."""
-    if task.learner == "softmax":
-        n_features, n_classes = task.weight_shapes["W"]
-        return SoftmaxRegression(n_features, n_classes)
-    raise ProtocolError(f"this node cannot run learner {task.learner!r}")
+    try:
+        return build_learner(task.learner, task.weight_shapes)
+    except ConfigError as exc:
+        raise ProtocolError(f"this node cannot run the task's model: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -91,9 +102,13 @@ class NodeProgress:
     bytes_sent: int = 0
     bytes_received: int = 0
     last_reason: str | None = None
+    #: What the preprocessing steps did in the last local run (per step, its counts).
+    last_preprocess: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 DEVICE_STATE_FILE = "device.state"
+#: The last model this node held, as received, so it can predict and export offline.
+HELD_MODEL_FILE = "model.msgpack"
 #: Beside the state file, not around it: opening an outbox clears its temp files.
 OUTBOX_DIR = "outbox"
 
@@ -123,17 +138,26 @@ class EdgeNode:
     def __init__(
         self,
         settings: NodeSettings,
-        features: np.ndarray,
-        labels: np.ndarray,
+        features: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
         *,
+        source: RowSource | None = None,
         before_send: BeforeSend | None = None,
     ) -> None:
+        """Local data is either fixed arrays (`features`, `labels`) or a `source` of
+        raw rows, called before every local run (a stream's window moves)."""
+        if (source is None) == (features is None or labels is None):
+            raise ValueError("give either features and labels, or a source")
         self.settings = settings
         self.node_id = settings.node_id
         self.topics = settings.topics
-        self.features = np.ascontiguousarray(features)
-        self.labels = np.ascontiguousarray(labels)
+        self.features = None if features is None else np.ascontiguousarray(features)
+        self.labels = None if labels is None else np.ascontiguousarray(labels)
+        self._source = source
         self.before_send = before_send
+        #: The task whose statistics this node published, and a task it cannot run.
+        self._stats_sent_for: TrainingTask | None = None
+        self._unusable: TrainingTask | None = None
         self.progress = NodeProgress()
         self.stopping = threading.Event()
         self.latest_model: ModelMessage | None = None
@@ -217,25 +241,47 @@ class EdgeNode:
     # ------------------------------------------------------------ inference
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        """Answer from the latest model this node holds; works while offline."""
-        if self.learner is None:
-            raise ProtocolError(f"{self.node_id}: no model received yet")
-        self.learner.set_weights(self.latest_weights)
-        return self.learner.predict(features)
+        """Answer from the latest model this node holds; works while offline.
 
-    def hold_model(self, model: ModelMessage) -> None:
+        `features` are raw rows, as the sensors give them (NaN for a missing
+        cell): the task's inference transform (pooled means for missing
+        cells, clip bounds, pooled scaling) is applied first, as in an
+        exported model file.
+        """
+        model = self.latest_model
+        if self.learner is None or model is None:
+            raise ProtocolError(f"{self.node_id}: no model received yet")
+        task = model.task
+        rows = np.asarray(features)
+        if task.preprocess or task.normalization is not None:
+            names = task.features or tuple(f"x{i}" for i in range(rows.shape[-1]))
+            steps = inference_steps(task.preprocess, names, normalization_lists(task.normalization))
+            rows = transform_rows(steps, rows.reshape(-1, len(names)))
+        rows = np.ascontiguousarray(rows, dtype=np.float32).reshape(-1, rows.shape[-1])
+        self.learner.set_weights(self.latest_weights)
+        return self.learner.predict(rows)
+
+    def hold_model(self, model: ModelMessage, payload: bytes | None = None) -> None:
         """Make `model` the one this node trains on and answers from.
 
         The learner and the decoded weights are built first, so a model this
         node cannot run raises here (CodecError, ProtocolError) and replaces
-        nothing; it never reaches the training loop.
+        nothing; it never reaches the training loop. With a state directory
+        the model's bytes are kept there (`fedbus export`, offline prediction
+        after a restart).
         """
         same_task = self.latest_model is not None and self.latest_model.task == model.task
         learner = (
-            self.learner if same_task and self.learner is not None else build_learner(model.task)
+            self.learner if same_task and self.learner is not None else learner_for(model.task)
         )
         weights = decode_weights(model.tensors, model.task.weight_shapes)
         self.latest_model, self.latest_weights, self.learner = model, weights, learner
+        if self.settings.state_dir is not None:
+            self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+            write_atomically(
+                self.settings.state_dir / HELD_MODEL_FILE,
+                payload if payload is not None else encode(model),
+            )
 
     # ------------------------------------------------------------ internals
 
@@ -247,8 +293,15 @@ class EdgeNode:
             channel, _ = self.topics.parse(topic)
             if channel is Channel.MODEL:
                 model = decode(payload, ModelMessage)
-                if self.latest_model is None or model.version > self.latest_model.version:
-                    self.hold_model(model)
+                held = self.latest_model
+                # The same version with another task: the aggregator completed the
+                # task with its pooled normalization (PROTOCOL.md 9, 10.0).
+                if (
+                    held is None
+                    or model.version > held.version
+                    or (model.version == held.version and model.task != held.task)
+                ):
+                    self.hold_model(model, payload)
             elif channel is Channel.ACK:
                 self._take_ack(decode(payload, AckMessage))
         except (CodecError, ProtocolError) as exc:
@@ -284,15 +337,56 @@ class EdgeNode:
             self.progress.last_reason = ack.reason.value if ack.reason else None
             log.info("%s: update %s rejected: %s %s", self.node_id, ack.seq, ack.reason, ack.detail)
 
+    def _training_data(self, task: TrainingTask) -> Prepared | None:
+        """This run's arrays, or None: statistics sent and awaiting normalization,
+        or a task this node cannot run (logged once)."""
+        if task == self._unusable:
+            return None
+        if self.features is not None and self.labels is not None:
+            if not task.preprocess and task.normalization is None:
+                return Prepared(self.features, self.labels, len(self.labels), {})
+            table: Table = from_arrays(self.features, self.labels)
+        else:
+            assert self._source is not None
+            table = self._source()
+        assert self.learner is not None
+        try:
+            prepared = prepare(task, table, self.learner.task_kind)
+        except (ConfigError, DataError) as exc:
+            log.error("%s: cannot train on task %r: %s", self.node_id, task.name, exc)
+            self._unusable = task
+            return None
+        if isinstance(prepared, StatisticsNeeded):
+            if self._stats_sent_for != task:
+                stats = node_statistics(self.node_id, prepared.cleaned)
+                self.client.publish(
+                    self.topics.stats(self.node_id), encode(stats), qos=1, retain=True
+                )
+                self._stats_sent_for = task
+                log.info("%s: sent statistics of %d rows", self.node_id, len(prepared.cleaned.X))
+            return None
+        if len(prepared.y) == 0:
+            return None  # nothing left to train on (a stream not filled yet)
+        return prepared
+
     def _train_and_send(self, model: ModelMessage, base: dict[str, np.ndarray]) -> None:
         task = model.task
         assert self.learner is not None  # hold_model built it with the model
+        data = self._training_data(task)
+        if data is None:
+            return
         self.learner.set_weights(base)
         run = self.progress.runs + 1  # BENCH-TASK counts local runs k = 1, 2, ...
         self._publish_status(NodeState.TRAINING, model.version)
+        if data.report or data.rows_raw != len(data.y):
+            metrics = NodeMetrics(
+                self.node_id, model.version, data.rows_raw, len(data.y), data.report
+            )
+            self.client.publish(self.topics.metrics(self.node_id), encode(metrics), qos=0)
+        self.progress.last_preprocess = data.report
         loss = self.learner.fit(
-            self.features,
-            self.labels,
+            data.X,
+            data.y,
             epochs=task.local_epochs,
             batch_size=task.batch_size,
             lr=task.learning_rate,
@@ -316,7 +410,7 @@ class EdgeNode:
             node=self.node_id,
             seq=seq,
             base_version=model.version,
-            num_samples=len(self.labels),
+            num_samples=len(data.y),
             tensors=tensors,
             train_loss=float(loss),
         )

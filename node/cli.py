@@ -1,4 +1,9 @@
-"""`fedbus node`: run one edge node on local data until stopped."""
+"""`fedbus node`: run one edge node on local data until stopped.
+
+The data is a CSV or .npz file (`--data`), or CSV rows streamed to stdin
+(`--stdin`), named with flags or in a TOML file's [data] table (`--config`;
+see fedbus.node.data_config). Raw data never leaves the node.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +20,12 @@ from fedbus.broker.cli_common import (
     setup_logging,
     stop_on_signals,
 )
-from fedbus.broker.errors import ConfigError, FedbusError
+from fedbus.broker.errors import ConfigError, DataError, FedbusError
 from fedbus.broker.topics import validate_id
 from fedbus.kernels.quantize import ROUNDINGS
 from fedbus.node.agent import EdgeNode, NodeSettings
 from fedbus.node.compression import CodecSpec
-from fedbus.node.local_data import load_csv, load_npz
+from fedbus.node.data_config import load_data_config, open_source
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +50,24 @@ def add_codec_arguments(parser: argparse.ArgumentParser) -> None:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", required=True, dest="node_id", help="node id [A-Za-z0-9_-]{1,64}")
     parser.add_argument(
+        "--config", type=Path, default=None, help="TOML file with a [data] table (see below)"
+    )
+    parser.add_argument(
         "--data",
         type=Path,
-        required=True,
+        default=None,
         help="local training data: a .csv with a header or an .npz with X and y",
     )
-    parser.add_argument("--label-column", default="label", help="CSV column holding the label")
+    parser.add_argument(
+        "--stdin",
+        action="store_true",
+        help="train on CSV rows streamed to stdin (header first), keeping the last --window",
+    )
+    parser.add_argument("--window", type=int, default=None, help="rows a stream keeps")
+    parser.add_argument("--label-column", default=None, help="column holding the label")
+    parser.add_argument(
+        "--feature-columns", default=None, help="comma-separated feature columns, in order"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the local shuffles")
     parser.add_argument(
         "--index", type=int, default=0, help="node index in the per-run random streams"
@@ -86,12 +103,24 @@ def run(args: argparse.Namespace) -> int:
         node_id = validate_id(args.node_id)
     except FedbusError as exc:
         raise ConfigError(f"--id: {exc}") from None
-    if not args.data.is_file():
+    if args.data is not None and not args.data.is_file():
         raise ConfigError(f"--data: no such file {args.data}")
-    if args.data.suffix == ".npz":
-        features, labels = load_npz(args.data)
-    else:
-        features, labels = load_csv(args.data, args.label_column)
+    config = load_data_config(
+        args.config,
+        {
+            "source": "stdin"
+            if args.stdin
+            else (None if args.data is None else args.data.suffix.lstrip(".") or "csv"),
+            "path": args.data,
+            "label": args.label_column,
+            "features": args.feature_columns.split(",") if args.feature_columns else None,
+            "window": args.window,
+        },
+    )
+    try:
+        source = open_source(config)
+    except DataError as exc:
+        raise ConfigError(f"data: {exc}") from None
     settings = NodeSettings(
         node_id,
         address,
@@ -102,9 +131,9 @@ def run(args: argparse.Namespace) -> int:
         codec=CodecSpec.parse(args.codec, rounding=args.rounding),
         state_dir=args.state_dir or default_state_dir(topics.fleet, node_id),
     )
-    node = EdgeNode(settings, features, labels)
+    node = EdgeNode(settings, source=source)
     stop_on_signals(node.stopping)
-    log.info("node %s with %d samples on %s:%d", node_id, len(labels), args.host, args.port)
+    log.info("node %s on %s data, bus %s:%d", node_id, config.source, args.host, args.port)
     node.run()
     return 0
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 
@@ -20,8 +22,12 @@ from fedbus.broker.topics import Topics
 from fedbus.node.agent import EdgeNode, NodeSettings
 from fedbus.node.compression import CodecSpec
 from fedbus.node.conditions import Heterogeneity, run_conditions, slow_nodes
+from fedbus.node.training_data import RowSource
 
 log = logging.getLogger(__name__)
+
+#: One simulated node's data: fixed (features, labels) arrays, or a row source.
+NodeData: TypeAlias = tuple[np.ndarray, np.ndarray] | RowSource
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,7 @@ class FleetTotals:
 class Fleet:
     def __init__(
         self,
-        partitions: list[tuple[np.ndarray, np.ndarray]],
+        partitions: Sequence[NodeData],
         address: BrokerAddress,
         topics: Topics,
         *,
@@ -50,7 +56,9 @@ class Fleet:
         state_root: Path | None = None,
         codec: CodecSpec | None = None,
     ) -> None:
-        """`state_root`: each node keeps its device state and outbox in a folder here."""
+        """One node per entry of `partitions`: fixed (features, labels) arrays, or a
+        row source called before each local run (fedbus.node.training_data).
+        `state_root`: each node keeps its device state and outbox in a folder here."""
         self.heterogeneity = heterogeneity or Heterogeneity()
         self.seed = seed
         self._slow = slow_nodes(len(partitions), self.heterogeneity.slow_fraction, seed)
@@ -58,7 +66,9 @@ class Fleet:
         self.link_flaps = 0
         self._lock = threading.Lock()
         self.nodes = [
-            EdgeNode(
+            self._node(
+                i,
+                data,
                 NodeSettings(
                     f"node-{i:03d}",
                     address,
@@ -69,13 +79,16 @@ class Fleet:
                     state_dir=None if state_root is None else state_root / f"node-{i:03d}",
                     codec=codec or CodecSpec(),
                 ),
-                features,
-                labels,
-                before_send=self._before_send,
             )
-            for i, (features, labels) in enumerate(partitions)
+            for i, data in enumerate(partitions)
         ]
         self._threads: list[threading.Thread] = []
+
+    def _node(self, index: int, data: NodeData, settings: NodeSettings) -> EdgeNode:
+        if callable(data):
+            return EdgeNode(settings, source=data, before_send=self._before_send)
+        features, labels = data
+        return EdgeNode(settings, features, labels, before_send=self._before_send)
 
     def _before_send(self, node: EdgeNode, run: int) -> bool:
         """Apply the drawn conditions of this run: wait, flap the link, or drop out."""

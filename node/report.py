@@ -9,18 +9,23 @@ from pathlib import Path
 from fedbus.node.observer import VersionScore
 
 
-def write_scores_csv(scores: Sequence[VersionScore], path: Path) -> None:
+def write_scores_csv(scores: Sequence[VersionScore], path: Path, metric: str = "accuracy") -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["version", "seconds", "accuracy", "loss"])
+        writer.writerow(["version", "seconds", metric, "loss"])
         for s in scores:
-            writer.writerow([s.version, f"{s.seconds:.4f}", f"{s.accuracy:.6f}", f"{s.loss:.6f}"])
+            writer.writerow([s.version, f"{s.seconds:.4f}", f"{s.score:.6f}", f"{s.loss:.6f}"])
 
 
 def plot_accuracy(
-    curves: dict[str, Sequence[VersionScore]], path: Path, *, target: float | None, title: str
+    curves: dict[str, Sequence[VersionScore]],
+    path: Path,
+    *,
+    target: float | None,
+    title: str,
+    metric: str = "accuracy",
 ) -> None:
-    """Test accuracy against wall time, one line per run, as a PNG."""
+    """The test metric (accuracy, or R² for regression) against wall time, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,14 +33,12 @@ def plot_accuracy(
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     for label, scores in curves.items():
-        ax.step(
-            [s.seconds for s in scores], [s.accuracy for s in scores], where="post", label=label
-        )
+        ax.step([s.seconds for s in scores], [s.score for s in scores], where="post", label=label)
     if target is not None:
         ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.2f}")
     ax.set_xlabel("seconds since first model publication")
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel("test accuracy" if metric == "accuracy" else "test R²")
+    ax.set_ylim(0.0 if metric == "accuracy" else -0.5, 1.0)
     ax.grid(alpha=0.3)
     ax.set_title(title)
     ax.legend(loc="lower right")

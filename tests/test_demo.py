@@ -58,3 +58,18 @@ def test_sync_demo_matches_the_reference_fedavg_rounds(tmp_path: Path) -> None:
     assert 9 <= summary["version_at_target"] <= 11
     assert summary["updates_to_target"] == 20 * summary["version_at_target"]
     assert summary["staleness_histogram"] == {"0": summary["updates_accepted"]}
+
+
+def test_diabetes_demo_comes_within_005_of_central_least_squares(tmp_path: Path) -> None:
+    # Raw clinical values on every node, standardized with pooled statistics.
+    summary = _demo(tmp_path, "--dataset", "diabetes", "--mode", "async")
+    baseline = summary["central_baseline"]["r2"]
+    assert summary["metric"] == "r2" and summary["target"] == pytest.approx(baseline - 0.05)
+    assert summary["reached_target"] and summary["best_r2"] >= baseline - 0.05
+    assert summary["updates_rejected"] == 0
+
+
+def test_sensors_demo_trains_on_streaming_windows(tmp_path: Path) -> None:
+    summary = _demo(tmp_path, "--dataset", "sensors", "--mode", "async")
+    assert summary["model"] == "logistic" and summary["reached_target"]
+    assert summary["best_accuracy"] >= summary["target"]

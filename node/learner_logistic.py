@@ -1,0 +1,86 @@
+"""Binary logistic regression: the learner for yes/no questions (fault, occupancy, ...)."""
+
+# X (data matrix) and W (weights) are the field's own names.
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from fedbus.kernels.logistic import (
+    logistic_log_loss_grad,
+    logistic_predict_proba,
+    logistic_sgd_epoch,
+)
+from fedbus.node.learner_metrics import accuracy
+from fedbus.node.learner_weights import TaskKind, WeightSpec, check_epochs, checked_copies
+
+__all__ = ["LogisticRegression"]
+
+
+class LogisticRegression:
+    """``P(y = 1 | x) = sigmoid(x @ W + b)``, weights starting at zero.
+
+    ``W`` is (n_features, 1) and ``b`` (1,), the ``logistic`` layout of
+    :mod:`fedbus.broker.layouts`. Inputs must already be what the kernels take:
+    float32 C-contiguous X and int64 labels 0 or 1; anything else raises
+    :class:`~fedbus.broker.errors.KernelInputError`.
+    """
+
+    task_kind: TaskKind = "classification"
+
+    def __init__(self, n_features: int) -> None:
+        if n_features < 0:
+            raise ValueError(f"need n_features >= 0, got {n_features}")
+        self.n_features = n_features
+        self._W = np.zeros((n_features, 1), dtype=np.float32)
+        self._b = np.zeros(1, dtype=np.float32)
+
+    def weight_spec(self) -> WeightSpec:
+        """``{"W": ((n_features, 1), "float32"), "b": ((1,), "float32")}``."""
+        return {"W": ((self.n_features, 1), "float32"), "b": ((1,), "float32")}
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """Copies, so a caller holding them (e.g. as a delta's base) sees no later training."""
+        return {"W": self._W.copy(), "b": self._b.copy()}
+
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Copy in weights that match ``weight_spec`` exactly; on a mismatch change nothing."""
+        copies = checked_copies(weights, self.weight_spec())
+        self._W, self._b = copies["W"], copies["b"]
+
+    def fit(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        rng: np.random.Generator,
+    ) -> float:
+        """Run ``epochs`` epochs of minibatch SGD on the mean log-loss.
+
+        Each epoch visits the rows in ``rng.permutation(len(X))`` (drawn by the
+        kernel), so the caller's generator alone decides the order. X and y are
+        only read. Returns the last epoch's mean batch loss.
+        """
+        check_epochs(epochs)
+        loss = 0.0
+        for _ in range(epochs):
+            loss = logistic_sgd_epoch(X, y, self._W, self._b, batch_size, lr, rng)
+        return loss
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """``P(y = 1)`` of each row, (rows,) float32."""
+        return logistic_predict_proba(X, self._W, self._b)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """1 where ``P(y = 1) >= 0.5`` else 0, int64: the rule the portable model file uses."""
+        return (self.predict_proba(X) >= 0.5).astype(np.int64)
+
+    def evaluate(self, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        """``accuracy`` (0.0 with no rows) and ``loss``, the mean log-loss."""
+        loss, _, _ = logistic_log_loss_grad(X, y, self._W, self._b)
+        return {"accuracy": accuracy(self.predict(X), y), "loss": loss}

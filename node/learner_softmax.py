@@ -1,0 +1,99 @@
+"""Softmax regression: the multiclass linear learner of the reference task."""
+
+# X (data matrix) and W (weights) are the field's own names.
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from fedbus.kernels.softmax import (
+    softmax_cross_entropy_grad,
+    softmax_predict_proba,
+    softmax_sgd_epoch,
+)
+from fedbus.node.learner_metrics import accuracy
+from fedbus.node.learner_weights import TaskKind, WeightSpec, check_epochs, checked_copies
+
+__all__ = ["SoftmaxRegression"]
+
+
+class SoftmaxRegression:
+    """Multinomial logistic regression ``softmax(X @ W + b)``, weights starting at zero.
+
+    Zero start makes every run (and every node) begin from the same point with
+    no seed to agree on. Inputs must already be what the kernels take: float32
+    C-contiguous X and int64 labels in ``[0, n_classes)``; anything else raises
+    :class:`~fedbus.broker.errors.KernelInputError` instead of being converted
+    behind the caller's back.
+    """
+
+    task_kind: TaskKind = "classification"
+
+    def __init__(self, n_features: int, n_classes: int) -> None:
+        if n_features < 0 or n_classes < 1:
+            raise ValueError(
+                f"need n_features >= 0 and n_classes >= 1, got {n_features}, {n_classes}"
+            )
+        self.n_features = n_features
+        self.n_classes = n_classes
+        self._W = np.zeros((n_features, n_classes), dtype=np.float32)
+        self._b = np.zeros(n_classes, dtype=np.float32)
+
+    def weight_spec(self) -> WeightSpec:
+        """``{"W": ((n_features, n_classes), "float32"), "b": ((n_classes,), "float32")}``."""
+        return {
+            "W": ((self.n_features, self.n_classes), "float32"),
+            "b": ((self.n_classes,), "float32"),
+        }
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """Copies, so a caller holding them (e.g. as a delta's base) sees no later training."""
+        return {"W": self._W.copy(), "b": self._b.copy()}
+
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Copy in weights that match ``weight_spec`` exactly.
+
+        Names, shapes and dtypes are all checked before anything changes, so a
+        bad model leaves the learner as it was. A wrong dtype is an error rather
+        than a silent cast: it means the sender and this node disagree on the task.
+        """
+        copies = checked_copies(weights, self.weight_spec())
+        self._W, self._b = copies["W"], copies["b"]
+
+    def fit(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        rng: np.random.Generator,
+    ) -> float:
+        """Run ``epochs`` epochs of minibatch SGD on the mean cross-entropy.
+
+        Each epoch visits the rows in ``rng.permutation(len(X))``, so the caller's
+        generator alone decides the order and a run can be replayed. X and y are
+        only read. Returns the last epoch's mean batch loss.
+        """
+        check_epochs(epochs)
+        loss = 0.0
+        for _ in range(epochs):
+            order = rng.permutation(len(X)).astype(np.int64, copy=False)
+            loss = softmax_sgd_epoch(X, y, self._W, self._b, order, batch_size, lr)
+        return loss
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities, (rows, n_classes) float32."""
+        return softmax_predict_proba(X, self._W, self._b)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Most probable class of each row, int64 (ties go to the lower class)."""
+        return np.argmax(self.predict_proba(X), axis=1).astype(np.int64)
+
+    def evaluate(self, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        """``accuracy`` (fraction of rows predicted right; 0.0 with no rows) and mean ``loss``."""
+        loss, _, _ = softmax_cross_entropy_grad(X, y, self._W, self._b)
+        return {"accuracy": accuracy(self.predict(X), y), "loss": loss}
