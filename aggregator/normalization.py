@@ -14,6 +14,7 @@ import numpy as np
 
 from fedbus.broker.errors import ProtocolError
 from fedbus.broker.messages import FeatureStatistics, Normalization
+from fedbus.kernels.feature_stats import FeatureStats
 
 __all__ = ["StatsPool", "pool_statistics"]
 
@@ -21,31 +22,33 @@ __all__ = ["StatsPool", "pool_statistics"]
 def pool_statistics(parts: list[FeatureStatistics]) -> Normalization:
     """The global per-feature statistics of the union of every part's rows.
 
-    A feature no part had a value for gets count 0, mean 0, std 1, min = max = 0
-    (so scaling by it is the identity, not a division by zero).
+    The arithmetic is the feature-statistics kernel's merge (the same one a
+    node would use on its own chunks); only the wire convention differs: a
+    feature a node had no value for carries min = max = 0 on the wire and must
+    not count as a value here. A feature no part had a value for gets count 0,
+    mean 0, std 1, min = max = 0 (so scaling by it is the identity).
     """
     if not parts:
         raise ValueError("pool_statistics needs at least one node's statistics")
-    count = np.array([p.count for p in parts], dtype=np.int64).sum(axis=0)
-    total = np.sum([p.total for p in parts], axis=0, dtype=np.float64)
-    total_sq = np.sum([p.total_sq for p in parts], axis=0, dtype=np.float64)
-    seen = count > 0
-    safe = np.where(seen, count, 1)
-    mean = np.where(seen, total / safe, 0.0)
-    variance = np.maximum(total_sq / safe - mean * mean, 0.0)  # cancellation can dip below 0
-    std = np.where(seen, np.sqrt(variance), 1.0)
-    with np.errstate(invalid="ignore"):
-        lows = np.array([np.where(np.asarray(p.count) > 0, p.minimum, np.inf) for p in parts])
-        highs = np.array([np.where(np.asarray(p.count) > 0, p.maximum, -np.inf) for p in parts])
-    minimum = np.where(seen, lows.min(axis=0), 0.0)
-    maximum = np.where(seen, highs.max(axis=0), 0.0)
+    merged = FeatureStats.merge_all([_kernel_stats(p) for p in parts]).to_global()
     return Normalization(
         nodes=len(parts),
-        count=tuple(int(c) for c in count),
-        mean=tuple(mean.tolist()),
-        std=tuple(std.tolist()),
-        minimum=tuple(minimum.tolist()),
-        maximum=tuple(maximum.tolist()),
+        count=tuple(int(c) for c in merged.count),
+        mean=tuple(merged.mean.tolist()),
+        std=tuple(merged.std.tolist()),
+        minimum=tuple(merged.min.tolist()),
+        maximum=tuple(merged.max.tolist()),
+    )
+
+
+def _kernel_stats(stats: FeatureStatistics) -> FeatureStats:
+    seen = np.asarray(stats.count) > 0
+    return FeatureStats(
+        np.asarray(stats.count, dtype=np.int64),
+        np.asarray(stats.total, dtype=np.float64),
+        np.asarray(stats.total_sq, dtype=np.float64),
+        np.where(seen, stats.minimum, np.inf),
+        np.where(seen, stats.maximum, -np.inf),
     )
 
 

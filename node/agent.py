@@ -158,6 +158,9 @@ class EdgeNode:
         #: The task whose statistics this node published, and a task it cannot run.
         self._stats_sent_for: TrainingTask | None = None
         self._unusable: TrainingTask | None = None
+        #: Fixed arrays as a Table (built once), and the last preparation of a Table.
+        self._fixed_rows: Table | None = None
+        self._prepared: tuple[TrainingTask, Table, Prepared] | None = None
         self.progress = NodeProgress()
         self.stopping = threading.Event()
         self.latest_model: ModelMessage | None = None
@@ -339,16 +342,30 @@ class EdgeNode:
 
     def _training_data(self, task: TrainingTask) -> Prepared | None:
         """This run's arrays, or None: statistics sent and awaiting normalization,
-        or a task this node cannot run (logged once)."""
+        or a task this node cannot run (logged once).
+
+        The loop asks on every turn while a model waits to be trained on, so
+        nothing is recomputed that cannot have changed: a task awaiting its
+        normalization returns at once once its statistics are out, and rows a
+        source returns again unchanged (the same Table object: a file read
+        once) are prepared once per task.
+        """
         if task == self._unusable:
+            return None
+        if task.needs_normalization and task == self._stats_sent_for:
             return None
         if self.features is not None and self.labels is not None:
             if not task.preprocess and task.normalization is None:
                 return Prepared(self.features, self.labels, len(self.labels), {})
-            table: Table = from_arrays(self.features, self.labels)
+            if self._fixed_rows is None:
+                self._fixed_rows = from_arrays(self.features, self.labels)
+            table = self._fixed_rows
         else:
             assert self._source is not None
             table = self._source()
+        cached = self._prepared
+        if cached is not None and cached[0] == task and cached[1] is table:
+            return cached[2]
         assert self.learner is not None
         try:
             prepared = prepare(task, table, self.learner.task_kind)
@@ -357,16 +374,14 @@ class EdgeNode:
             self._unusable = task
             return None
         if isinstance(prepared, StatisticsNeeded):
-            if self._stats_sent_for != task:
-                stats = node_statistics(self.node_id, prepared.cleaned)
-                self.client.publish(
-                    self.topics.stats(self.node_id), encode(stats), qos=1, retain=True
-                )
-                self._stats_sent_for = task
-                log.info("%s: sent statistics of %d rows", self.node_id, len(prepared.cleaned.X))
+            stats = node_statistics(self.node_id, prepared.cleaned)
+            self.client.publish(self.topics.stats(self.node_id), encode(stats), qos=1, retain=True)
+            self._stats_sent_for = task
+            log.info("%s: sent statistics of %d rows", self.node_id, len(prepared.cleaned.X))
             return None
         if len(prepared.y) == 0:
             return None  # nothing left to train on (a stream not filled yet)
+        self._prepared = (task, table, prepared)
         return prepared
 
     def _train_and_send(self, model: ModelMessage, base: dict[str, np.ndarray]) -> None:

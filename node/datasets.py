@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedbus.node.learner_metrics import regression_metrics
+
 __all__ = [
     "ReferenceTask",
     "TabularTask",
     "central_linear_baseline",
     "load_diabetes_task",
     "load_digits_task",
-    "regression_scores",
 ]
 
 _SPLIT_SEED = 0
@@ -162,12 +163,7 @@ def central_linear_baseline(task: TabularTask) -> dict[str, float]:
         return np.column_stack([(X - mean) / std, np.ones(len(X))])
 
     coef = np.linalg.lstsq(design(task.X_train), task.y_train, rcond=None)[0]
-    return regression_scores(task.y_test, design(task.X_test) @ coef)
-
-
-def regression_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """``r2`` (1 - SS_res / SS_tot; 0.0 when SS_tot is 0) and ``rmse``."""
-    residual = np.asarray(y_true, np.float64) - np.asarray(y_pred, np.float64).reshape(-1)
-    total = float(((y_true - np.mean(y_true)) ** 2).sum())
-    r2 = 1.0 - float((residual**2).sum()) / total if total > 0 else 0.0
-    return {"r2": r2, "rmse": float(np.sqrt(np.mean(residual**2))) if residual.size else 0.0}
+    fit = regression_metrics(
+        task.y_test.reshape(-1, 1), (design(task.X_test) @ coef).reshape(-1, 1)
+    )
+    return {"r2": fit["r2"], "rmse": fit["rmse"]}

@@ -4,19 +4,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 
 from fedbus.broker.errors import KernelInputError
 from fedbus.kernels.linear import linear_predict, linear_sgd_epoch
 from fedbus.node.learner_metrics import regression_metrics
-from fedbus.node.learner_weights import TaskKind, WeightSpec, check_epochs, checked_copies
+from fedbus.node.learner_weights import (
+    LinearWeights,
+    TaskKind,
+    check_epochs,
+)
 
 __all__ = ["LinearRegression"]
 
 
-class LinearRegression:
+class LinearRegression(LinearWeights):
     """Least-squares linear model ``X @ W + b``, weights starting at zero.
 
     ``W`` is (n_features, n_outputs) and ``b`` (n_outputs,), the ``linear``
@@ -40,24 +42,7 @@ class LinearRegression:
             )
         self.n_features = n_features
         self.n_outputs = n_outputs
-        self._W = np.zeros((n_features, n_outputs), dtype=np.float32)
-        self._b = np.zeros(n_outputs, dtype=np.float32)
-
-    def weight_spec(self) -> WeightSpec:
-        """``{"W": ((n_features, n_outputs), "float32"), "b": ((n_outputs,), "float32")}``."""
-        return {
-            "W": ((self.n_features, self.n_outputs), "float32"),
-            "b": ((self.n_outputs,), "float32"),
-        }
-
-    def get_weights(self) -> dict[str, np.ndarray]:
-        """Copies, so a caller holding them (e.g. as a delta's base) sees no later training."""
-        return {"W": self._W.copy(), "b": self._b.copy()}
-
-    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
-        """Copy in weights that match ``weight_spec`` exactly; on a mismatch change nothing."""
-        copies = checked_copies(weights, self.weight_spec())
-        self._W, self._b = copies["W"], copies["b"]
+        super().__init__(n_features, n_outputs)
 
     def fit(
         self,

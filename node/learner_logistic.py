@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 
 from fedbus.kernels.logistic import (
@@ -14,12 +12,16 @@ from fedbus.kernels.logistic import (
     logistic_sgd_epoch,
 )
 from fedbus.node.learner_metrics import accuracy
-from fedbus.node.learner_weights import TaskKind, WeightSpec, check_epochs, checked_copies
+from fedbus.node.learner_weights import (
+    LinearWeights,
+    TaskKind,
+    check_epochs,
+)
 
 __all__ = ["LogisticRegression"]
 
 
-class LogisticRegression:
+class LogisticRegression(LinearWeights):
     """``P(y = 1 | x) = sigmoid(x @ W + b)``, weights starting at zero.
 
     ``W`` is (n_features, 1) and ``b`` (1,), the ``logistic`` layout of
@@ -34,21 +36,7 @@ class LogisticRegression:
         if n_features < 0:
             raise ValueError(f"need n_features >= 0, got {n_features}")
         self.n_features = n_features
-        self._W = np.zeros((n_features, 1), dtype=np.float32)
-        self._b = np.zeros(1, dtype=np.float32)
-
-    def weight_spec(self) -> WeightSpec:
-        """``{"W": ((n_features, 1), "float32"), "b": ((1,), "float32")}``."""
-        return {"W": ((self.n_features, 1), "float32"), "b": ((1,), "float32")}
-
-    def get_weights(self) -> dict[str, np.ndarray]:
-        """Copies, so a caller holding them (e.g. as a delta's base) sees no later training."""
-        return {"W": self._W.copy(), "b": self._b.copy()}
-
-    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
-        """Copy in weights that match ``weight_spec`` exactly; on a mismatch change nothing."""
-        copies = checked_copies(weights, self.weight_spec())
-        self._W, self._b = copies["W"], copies["b"]
+        super().__init__(n_features, 1)
 
     def fit(
         self,

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -13,17 +13,15 @@ from fedbus.broker.layouts import initial_weights, weight_shapes
 from fedbus.kernels.mlp import mlp_forward, mlp_loss_grad, mlp_sgd_epoch
 from fedbus.node.learner_metrics import accuracy
 from fedbus.node.learner_weights import (
+    HeldWeights,
     TaskKind,
-    WeightSpec,
     check_epochs,
-    checked_copies,
-    float32_spec,
 )
 
 __all__ = ["MLPClassifier"]
 
 
-class MLPClassifier:
+class MLPClassifier(HeldWeights):
     """ReLU hidden layers and a softmax output, trained on the mean cross-entropy.
 
     The weights are ``W1, b1, ..., WL, bL`` with ``Wi`` (n_in, n_out), the
@@ -49,20 +47,7 @@ class MLPClassifier:
         self.hidden = tuple(int(h) for h in hidden)
         self.n_classes = n_classes
         self.seed = seed
-        self._spec = float32_spec(shapes)
-        self._weights = initial_weights("mlp", shapes, seed)
-
-    def weight_spec(self) -> WeightSpec:
-        """``W1``, ``b1``, ..., ``WL``, ``bL`` with their shapes, all float32, in wire order."""
-        return dict(self._spec)
-
-    def get_weights(self) -> dict[str, np.ndarray]:
-        """Copies in wire order, so a caller holding them sees no later training."""
-        return {name: value.copy() for name, value in self._weights.items()}
-
-    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
-        """Copy in weights that match ``weight_spec`` exactly; on a mismatch change nothing."""
-        self._weights = checked_copies(weights, self._spec)
+        super().__init__(initial_weights("mlp", shapes, seed))
 
     def _layers(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """``[(W1, b1), ...]`` as views of the learner's own arrays, which the kernel updates."""

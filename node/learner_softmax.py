@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 
 from fedbus.kernels.softmax import (
@@ -14,12 +12,16 @@ from fedbus.kernels.softmax import (
     softmax_sgd_epoch,
 )
 from fedbus.node.learner_metrics import accuracy
-from fedbus.node.learner_weights import TaskKind, WeightSpec, check_epochs, checked_copies
+from fedbus.node.learner_weights import (
+    LinearWeights,
+    TaskKind,
+    check_epochs,
+)
 
 __all__ = ["SoftmaxRegression"]
 
 
-class SoftmaxRegression:
+class SoftmaxRegression(LinearWeights):
     """Multinomial logistic regression ``softmax(X @ W + b)``, weights starting at zero.
 
     Zero start makes every run (and every node) begin from the same point with
@@ -38,29 +40,7 @@ class SoftmaxRegression:
             )
         self.n_features = n_features
         self.n_classes = n_classes
-        self._W = np.zeros((n_features, n_classes), dtype=np.float32)
-        self._b = np.zeros(n_classes, dtype=np.float32)
-
-    def weight_spec(self) -> WeightSpec:
-        """``{"W": ((n_features, n_classes), "float32"), "b": ((n_classes,), "float32")}``."""
-        return {
-            "W": ((self.n_features, self.n_classes), "float32"),
-            "b": ((self.n_classes,), "float32"),
-        }
-
-    def get_weights(self) -> dict[str, np.ndarray]:
-        """Copies, so a caller holding them (e.g. as a delta's base) sees no later training."""
-        return {"W": self._W.copy(), "b": self._b.copy()}
-
-    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
-        """Copy in weights that match ``weight_spec`` exactly.
-
-        Names, shapes and dtypes are all checked before anything changes, so a
-        bad model leaves the learner as it was. A wrong dtype is an error rather
-        than a silent cast: it means the sender and this node disagree on the task.
-        """
-        copies = checked_copies(weights, self.weight_spec())
-        self._W, self._b = copies["W"], copies["b"]
+        super().__init__(n_features, n_classes)
 
     def fit(
         self,

@@ -15,6 +15,8 @@ from typing import Literal
 import numpy as np
 
 __all__ = [
+    "HeldWeights",
+    "LinearWeights",
     "TaskKind",
     "WeightSpec",
     "check_epochs",
@@ -65,3 +67,58 @@ def check_epochs(epochs: int) -> None:
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
+
+
+class HeldWeights:
+    """The weight half of the Learner protocol, over named float32 tensors in wire order.
+
+    A learner keeps its tensors in ``self._weights`` (the kernels update them
+    in place) and inherits ``weight_spec``, ``get_weights`` and
+    ``set_weights`` from here, so the strict checks and the defensive copies
+    are the same for every model.
+    """
+
+    def __init__(self, weights: dict[str, np.ndarray]) -> None:
+        self._spec = float32_spec({name: value.shape for name, value in weights.items()})
+        self._weights = weights
+
+    def weight_spec(self) -> WeightSpec:
+        """Names, shapes and dtype (float32) of the tensors, in wire order."""
+        return dict(self._spec)
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """Copies, so a caller holding them (e.g. as a delta's base) sees no later training."""
+        return {name: value.copy() for name, value in self._weights.items()}
+
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Copy in weights that match ``weight_spec`` exactly; on a mismatch change nothing.
+
+        A wrong dtype is an error rather than a silent cast: it means the
+        sender and this node disagree on the task.
+        """
+        self._weights = checked_copies(weights, self._spec)
+
+
+class LinearWeights(HeldWeights):
+    """``W`` (n_features, n_outputs) and ``b`` (n_outputs,), starting at zero.
+
+    The layout of the linear, logistic and softmax learners. Zero start makes
+    every run (and every node) begin from the same point with no seed to
+    agree on.
+    """
+
+    def __init__(self, n_features: int, n_outputs: int) -> None:
+        super().__init__(
+            {
+                "W": np.zeros((n_features, n_outputs), dtype=np.float32),
+                "b": np.zeros(n_outputs, dtype=np.float32),
+            }
+        )
+
+    @property
+    def _W(self) -> np.ndarray:  # noqa: N802 - the weight matrix's own name
+        return self._weights["W"]
+
+    @property
+    def _b(self) -> np.ndarray:
+        return self._weights["b"]

@@ -18,7 +18,6 @@ from fedbus.broker.errors import CodecError, ProtocolError
 from fedbus.broker.messages import AggregatorStatus, ModelMessage, TrainingTask
 from fedbus.broker.tensors import decode_weights
 from fedbus.broker.topics import Channel, Topics
-from fedbus.node.datasets import regression_scores
 from fedbus.node.learners import build_learner
 from fedbus.node.portable import inference_steps, normalization_lists, transform_rows
 
@@ -132,9 +131,8 @@ class ModelObserver:
         X = self._prepared(task)
         if self.kind == "regression":
             result = learner.evaluate(X, self.labels.astype(np.float32))
-            fit = regression_scores(self.labels, learner.predict(X))
             score = VersionScore(
-                model.version, arrived - self._t0, fit["r2"], result["loss"], fit["rmse"]
+                model.version, arrived - self._t0, result["r2"], result["loss"], result["rmse"]
             )
         else:
             result = learner.evaluate(X, self.labels)
