@@ -18,6 +18,7 @@ from fedbus.aggregator.server_optimizer import OptimizerSettings, ServerOptimize
 from fedbus.aggregator.staleness import StalenessKind, StalenessWeighting
 from fedbus.aggregator.store import AggregatorStore, audit_history
 from fedbus.aggregator.task_config import load_pipeline, parse_hidden, training_task
+from fedbus.broker.accounts import AuthDir
 from fedbus.broker.cli_common import (
     add_bus_arguments,
     add_logging_arguments,
@@ -127,6 +128,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="reject updates whose delta has a larger L2 norm (default: no bound)",
     )
     agg.add_argument(
+        "--node-keys",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="auth dir (or its accounts.json) of `fedbus broker add-node`: only its "
+        "nodes may send updates, each signed with its enrolled key",
+    )
+    agg.add_argument(
         "--allow-node",
         action="append",
         default=None,
@@ -222,12 +231,18 @@ def build_core(args: argparse.Namespace) -> AggregatorCore:
         raise ConfigError(f"--max-update-norm must be > 0, got {args.max_update_norm}")
     if args.stats_quorum < 1:
         raise ConfigError(f"--stats-quorum must be >= 1, got {args.stats_quorum}")
+    verify_keys = None
+    if args.node_keys is not None:
+        verify_keys = AuthDir.of(args.node_keys).verify_keys()
+    _, topics = bus_from_args(args)
     return AggregatorCore(
         task,
         BufferedAggregator(aggregation_config(args), initial),
         known_nodes=known,
         max_update_norm=args.max_update_norm,
         stats_quorum=args.stats_quorum,
+        verify_keys=verify_keys,
+        fleet=topics.fleet,
     )
 
 

@@ -10,6 +10,7 @@ the counters. Time is passed in, never read.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from fedbus.aggregator.buffer import AggregationMode, BufferedAggregator, update_coefficient
@@ -18,6 +19,7 @@ from fedbus.aggregator.normalization import StatsPool
 from fedbus.aggregator.validation import (
     Rejection,
     ValidationContext,
+    check_signature,
     decode_update,
     validate_update,
 )
@@ -32,6 +34,7 @@ from fedbus.broker.messages import (
     TrainingTask,
 )
 from fedbus.broker.tensors import encode_weights
+from fedbus.broker.topics import DEFAULT_FLEET
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,9 @@ _NOT_A_VERDICT = frozenset(
         RejectReason.OVERSIZE,
         RejectReason.NODE_MISMATCH,
         RejectReason.REPLAY,
+        # A forger must not be able to burn a genuine node's next seq.
+        RejectReason.UNSIGNED,
+        RejectReason.BAD_SIGNATURE,
         # Not remembered, or every id an intruder makes up would grow the table.
         RejectReason.UNKNOWN_NODE,
     }
@@ -83,10 +89,17 @@ class AggregatorCore:
         limits: DecodeLimits = DEFAULT_LIMITS,
         max_update_norm: float | None = None,
         stats_quorum: int = 1,
+        verify_keys: Mapping[str, bytes] | None = None,
+        fleet: str = DEFAULT_FLEET,
     ) -> None:
         self.task = task
         self.aggregator = aggregator
+        if verify_keys is not None and known_nodes is None:
+            known_nodes = frozenset(verify_keys)
         self.known_nodes = known_nodes
+        #: Node id -> Ed25519 public key; None: updates need no signature.
+        self.verify_keys = None if verify_keys is None else dict(verify_keys)
+        self.fleet = fleet
         self.limits = limits
         self.max_update_norm = max_update_norm
         self.counters = Counters()
@@ -159,6 +172,10 @@ class AggregatorCore:
         decoded = decode_update(payload, self.limits)
         if isinstance(decoded, Rejection):
             return self._reject(topic_node, decoded, now)
+        if self.verify_keys is not None and not replaying:
+            unverified = check_signature(decoded, topic_node, self.fleet, self.verify_keys)
+            if unverified is not None:
+                return self._reject(topic_node, replace(unverified, seq=decoded.seq), now)
         previous = self.decisions.get(topic_node)
         if previous is not None and previous.seq == decoded.seq and decoded.node == topic_node:
             self.counters.duplicates += 1

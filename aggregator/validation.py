@@ -27,6 +27,7 @@ from fedbus.broker.errors import (
     UnsupportedVersionError,
 )
 from fedbus.broker.messages import RejectReason, UpdateMessage
+from fedbus.broker.signing import verify_update
 from fedbus.broker.tensors import WireTensor, match_layout
 
 
@@ -128,6 +129,29 @@ def _readable_seq(body: Mapping[str, object]) -> int | None:
     """
     seq = body.get("seq")
     return seq if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 2**63 else None
+
+
+def check_signature(
+    message: UpdateMessage, topic_node: str, fleet: str, verify_keys: Mapping[str, bytes]
+) -> Rejection | None:
+    """None when the update is signed by the key enrolled for the node of its topic.
+
+    The key is looked up by the topic's node, the one the broker's ACL
+    authenticated: an update of node A re-signed by node B, or a body that
+    names A on B's topic, fails here or at the node check that follows.
+    """
+    key = verify_keys.get(topic_node)
+    if key is None:
+        return Rejection(
+            RejectReason.UNKNOWN_NODE, f"no signing key is enrolled for {topic_node!r}", None
+        )
+    if message.signature is None:
+        return Rejection(RejectReason.UNSIGNED, "signatures are required; the update has none")
+    if not verify_update(key, fleet, message):
+        return Rejection(
+            RejectReason.BAD_SIGNATURE, f"signature does not verify with {topic_node!r}'s key"
+        )
+    return None
 
 
 def validate_update(

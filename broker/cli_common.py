@@ -11,9 +11,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from fedbus.broker.chunking import DEFAULT_CHUNK_LIMIT
 from fedbus.broker.client import BrokerAddress
+from fedbus.broker.credentials import Credentials, load_credentials
 from fedbus.broker.errors import ConfigError
 from fedbus.broker.topics import Topics
 
@@ -28,13 +30,31 @@ def add_bus_arguments(parser: argparse.ArgumentParser) -> None:
         "--port", type=int, default=1883, help="MQTT broker port (default %(default)s)"
     )
     group.add_argument("--fleet", default="default", help="fleet id, the topic root fedbus/<fleet>")
+    group.add_argument(
+        "--credentials",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder from `fedbus broker add-node`: user name, password, signing key, "
+        "TLS certificates (single flags below override its pieces)",
+    )
     group.add_argument("--username", default=None, help="broker user name, if auth is on")
     group.add_argument(
         "--password-env",
         default="FEDBUS_PASSWORD",
         metavar="VAR",
-        help="environment variable holding the broker password",
+        help="environment variable holding the broker password (wins over --credentials)",
     )
+    group.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect with TLS (CA and client certificate from --credentials or the flags)",
+    )
+    group.add_argument("--tls-ca", type=Path, default=None, metavar="PEM", help="CA certificate")
+    group.add_argument(
+        "--tls-cert", type=Path, default=None, metavar="PEM", help="client certificate"
+    )
+    group.add_argument("--tls-key", type=Path, default=None, metavar="PEM", help="client key")
     group.add_argument(
         "--chunk-limit",
         type=int,
@@ -52,16 +72,30 @@ def bus_from_args(args: argparse.Namespace) -> tuple[BrokerAddress, Topics]:
         raise ConfigError(f"--fleet: {exc}") from None
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port: {args.port} is not a TCP port")
-    password = os.environ.get(args.password_env) if args.username else None
+    creds = load_credentials(args.credentials) if args.credentials else Credentials()
+    username = args.username or creds.username
+    password = None
+    if username:
+        password = os.environ.get(args.password_env) or creds.password
     if args.chunk_limit < 0 or 0 < args.chunk_limit < MIN_CHUNK_LIMIT:
         raise ConfigError(
             f"--chunk-limit: must be 0 or >= {MIN_CHUNK_LIMIT}, got {args.chunk_limit}"
         )
     chunk_limit = args.chunk_limit or None
-    return (
-        BrokerAddress(args.host, args.port, args.username, password, chunk_limit=chunk_limit),
-        topics,
+    tls_ca = args.tls_ca or creds.ca_cert
+    if args.tls and tls_ca is None:
+        raise ConfigError("--tls: no CA certificate (give --tls-ca or --credentials with ca.crt)")
+    address = BrokerAddress(
+        args.host,
+        args.port,
+        username,
+        password,
+        chunk_limit=chunk_limit,
+        tls_ca=tls_ca if args.tls else None,
+        tls_cert=(args.tls_cert or creds.client_cert) if args.tls else None,
+        tls_key=(args.tls_key or creds.client_key) if args.tls else None,
     )
+    return address, topics
 
 
 def add_tool_arguments(parser: argparse.ArgumentParser, role: str) -> None:
@@ -143,9 +177,20 @@ def command_main(
     configure_parser: Callable[[argparse.ArgumentParser], None],
     run: Callable[[argparse.Namespace], int],
     argv: list[str] | None,
+    epilog: str | None = None,
 ) -> int:
-    """Parse `argv` for one subcommand and run it; a ConfigError exits 2 naming the field."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    """Parse `argv` for one subcommand and run it; a ConfigError exits 2 naming the field.
+
+    `epilog` is printed as written (a listing of actions, say) under --help.
+    """
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter
+        if epilog
+        else argparse.HelpFormatter,
+    )
     configure_parser(parser)
     args = parser.parse_args(argv)
     try:

@@ -36,6 +36,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
 import paho.mqtt.client as paho
@@ -65,6 +66,17 @@ class BrokerAddress:
     #: Largest payload sent as one PUBLISH; larger ones go as chunks (None: never).
     #: Cloud brokers cap payloads (AWS IoT Core at 128 KiB), hence the default.
     chunk_limit: int | None = DEFAULT_CHUNK_LIMIT
+    #: TLS: the CA certificate that signed the broker's; None: plain TCP.
+    tls_ca: Path | None = None
+    #: TLS client certificate and key (certificate identity); None: none sent.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    def __repr__(self) -> str:
+        """Without the password, so an address can be logged."""
+        secret = "" if self.password is None else ", password=***"
+        tls = "" if self.tls_ca is None else ", tls"
+        return f"BrokerAddress({self.host}:{self.port}, username={self.username!r}{secret}{tls})"
 
 
 @dataclass(frozen=True)
@@ -158,6 +170,15 @@ class BusClient:
         )
         if address.username is not None:
             self._client.username_pw_set(address.username, address.password)
+        if address.tls_ca is not None:
+            try:
+                self._client.tls_set(
+                    ca_certs=str(address.tls_ca),
+                    certfile=None if address.tls_cert is None else str(address.tls_cert),
+                    keyfile=None if address.tls_key is None else str(address.tls_key),
+                )
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise BrokerError(f"TLS settings refused: {exc}") from None
         if will is not None:
             self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         self._schedule_reconnect()

@@ -150,6 +150,8 @@ def _body(message: Message) -> dict[str, Any]:
         }
         if message.train_loss is not None:
             body["train_loss"] = float(message.train_loss)
+        if message.signature is not None:
+            body["sig"] = message.signature
         return body
     if isinstance(message, AckMessage):
         return {
@@ -413,6 +415,7 @@ def _update(body: Mapping[str, Any], limits: DecodeLimits) -> UpdateMessage:
         num_samples=required_field(body, "num_samples", int, "update"),
         tensors=_tensors(body, limits, "update"),
         train_loss=None if loss is None else float(loss),
+        signature=_optional(body, "sig", bytes, "update"),
     )
 
 

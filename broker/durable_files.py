@@ -23,10 +23,21 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a crash leaves the old or the new file."""
+def write_atomically(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new file.
+
+    `mode` (e.g. 0o600 for a secret) is set on the temp file before a byte is
+    written, so the content is never readable with looser permissions.
+    """
     temp = path.with_name(path.name + TEMP_SUFFIX)
-    with open(temp, "wb") as handle:
+    if mode is not None:
+        temp.unlink(missing_ok=True)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        os.fchmod(fd, mode)  # the umask may have narrowed it, never widened: set it exactly
+        opened = os.fdopen(fd, "wb")
+    else:
+        opened = open(temp, "wb")  # noqa: SIM115 - closed by the with block below
+    with opened as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())

@@ -307,6 +307,13 @@ class ManagedBroker:
         last autosave. Port and data dir stay for a later `start`."""
         self._terminate(signal.SIGKILL)
 
+    def reload(self) -> None:
+        """SIGHUP: mosquitto rereads its password file and ACL, clients stay connected."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            raise BrokerError("broker is not running, so it cannot reload")
+        process.send_signal(signal.SIGHUP)
+
     def restart(self) -> ManagedBroker:
         """Stop cleanly and start again on the same port and data dir, so
         retained messages and persistent sessions survive."""

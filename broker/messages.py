@@ -47,6 +47,12 @@ class RejectReason(str, Enum):
     REPLAY = "replay"  # sequence number older than one already decided
     OVERSIZE = "oversize"  # payload larger than the configured limit
     NORM_EXCEEDED = "norm_exceeded"  # L2 norm of the delta above the configured bound
+    UNSIGNED = "unsigned"  # signatures are required and the update carries none
+    BAD_SIGNATURE = "bad_signature"  # the signature does not verify with the node's key
+
+
+#: Bytes of an Ed25519 signature, the `sig` field of an update.
+SIGNATURE_LENGTH = 64
 
 
 def _check_non_negative(name: str, value: int) -> None:
@@ -212,11 +218,15 @@ class UpdateMessage:
     num_samples: int
     tensors: tuple[WireTensor, ...]
     train_loss: float | None = None
+    #: Ed25519 signature over the update's digest (fedbus.broker.signing), or None.
+    signature: bytes | None = None
 
     def __post_init__(self) -> None:
         validate_id(self.node)
         _check_non_negative("seq", self.seq)
         _check_non_negative("base_version", self.base_version)
+        if self.signature is not None and len(self.signature) != SIGNATURE_LENGTH:
+            raise ProtocolError(f"update: sig must be {SIGNATURE_LENGTH} bytes")
 
 
 @dataclass(frozen=True)

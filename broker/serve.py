@@ -15,6 +15,9 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from fedbus.broker import auth_cli
+from fedbus.broker.accounts import AuthDir
+from fedbus.broker.auth_cli import ACTIONS
 from fedbus.broker.cli_common import command_main
 from fedbus.broker.errors import BrokerError, ConfigError
 from fedbus.broker.launcher import DEFAULT_CONFIG, ManagedBroker
@@ -40,6 +43,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
     )
     parser.add_argument(
+        "--auth-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="turn auth on with this directory's password file and ACL (made by "
+        "`fedbus broker add-node`); anonymous clients are refused; changes are "
+        "picked up within a second",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="listen with TLS only, certificates from --auth-dir's tls/ "
+        "(`fedbus broker init-tls`); clients log in with their certificate",
+    )
+    parser.add_argument(
         "--data-dir",
         type=Path,
         default=None,
@@ -48,6 +66,32 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "retained models and sessions across restarts (default: a temporary directory "
         "removed on exit)",
     )
+
+
+def security_lines(auth_dir: Path | None, tls: bool) -> list[str]:
+    """Config lines for auth (password file, ACL) and, with `tls`, a TLS-only listener."""
+    if auth_dir is None:
+        if tls:
+            raise ConfigError("--tls needs --auth-dir (the CA and certificates live there)")
+        return []
+    auth = AuthDir(auth_dir)
+    auth.accounts()  # fails early, naming the file, if the directory is not set up
+    lines = auth.broker_lines()
+    if tls:
+        from fedbus.broker.certificates import TlsFiles, broker_tls_lines
+
+        files = TlsFiles(
+            auth.tls_dir / "ca.crt", auth.tls_dir / "broker.crt", auth.tls_dir / "broker.key"
+        )
+        if not files.ca_cert.is_file():
+            raise ConfigError(f"--tls: no {files.ca_cert}; run `fedbus broker init-tls` first")
+        lines += broker_tls_lines(files)
+    return lines
+
+
+def _stamps(paths: list[Path]) -> list[int]:
+    """Modification times of the auth files: a change means mosquitto must reload."""
+    return [p.stat().st_mtime_ns if p.exists() else 0 for p in paths]
 
 
 def _fail(message: str, code: int) -> int:
@@ -73,7 +117,16 @@ def run(args: argparse.Namespace) -> int:
         stop_requested.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    broker = ManagedBroker(config, port=args.port, host=args.host, data_dir=args.data_dir)
+    try:
+        extra_lines = security_lines(args.auth_dir, args.tls)
+    except ConfigError as exc:
+        return _fail(str(exc), 2)
+    broker = ManagedBroker(
+        config, port=args.port, host=args.host, data_dir=args.data_dir, extra_lines=extra_lines
+    )
+    auth = None if args.auth_dir is None else AuthDir(args.auth_dir)
+    auth_files = [] if auth is None else [auth.password_path, auth.acl_path]
+    seen = _stamps(auth_files)
     try:
         try:
             broker.start()
@@ -87,6 +140,10 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
         while not stop_requested.wait(_WATCH_INTERVAL_S):
+            if _stamps(auth_files) != seen:
+                seen = _stamps(auth_files)
+                broker.reload()
+                print("fedbus broker: accounts changed; mosquitto reloaded them", flush=True)
             if not broker.running:
                 # Read the log now: stop() removes a temporary data dir.
                 tail = broker.log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
@@ -100,4 +157,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return command_main("fedbus broker", __doc__, configure_parser, run, argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ACTIONS:
+        return auth_cli.main(argv[0], argv[1:])
+    return command_main("fedbus broker", __doc__, configure_parser, run, argv, epilog=_ACTIONS_HELP)
+
+
+_ACTIONS_HELP = "account actions (`fedbus broker ACTION --help`):\n" + "\n".join(
+    f"  {name:<14}{text}" for name, text in ACTIONS.items()
+)

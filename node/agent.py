@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedbus.broker.client import BrokerAddress, BusClient, LastWill
 from fedbus.broker.codec import decode, encode
@@ -42,6 +43,7 @@ from fedbus.broker.messages import (
     TrainingTask,
     UpdateMessage,
 )
+from fedbus.broker.signing import sign_update
 from fedbus.broker.tensors import decode_weights
 from fedbus.broker.topics import Channel, Topics
 from fedbus.kernels.warmup import warm_up
@@ -89,6 +91,8 @@ class NodeSettings:
     state_dir: Path | None = None
     #: How updates are encoded (lossy codecs use error feedback).
     codec: CodecSpec = CodecSpec()
+    #: The node's Ed25519 key; when set every update carries its signature.
+    signing_key: Ed25519PrivateKey | None = None
 
 
 @dataclass
@@ -429,6 +433,9 @@ class EdgeNode:
             tensors=tensors,
             train_loss=float(loss),
         )
+        if self.settings.signing_key is not None:
+            signature = sign_update(self.settings.signing_key, self.topics.fleet, update)
+            update = replace(update, signature=signature)
         payload = encode(update)
         # Write-ahead: the used seq is on disk before anything can carry it.
         self.device_state = replace(state, model_version=model.version, residual=residual)

@@ -12,6 +12,8 @@ import logging
 import os
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from fedbus.broker.cli_common import (
     add_bus_arguments,
     add_logging_arguments,
@@ -20,7 +22,9 @@ from fedbus.broker.cli_common import (
     setup_logging,
     stop_on_signals,
 )
+from fedbus.broker.credentials import load_credentials
 from fedbus.broker.errors import ConfigError, DataError, FedbusError
+from fedbus.broker.signing import load_signing_key
 from fedbus.broker.topics import validate_id
 from fedbus.kernels.quantize import ROUNDINGS
 from fedbus.node.agent import EdgeNode, NodeSettings
@@ -86,6 +90,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="device state and outbox, kept across restarts "
         "(default: $XDG_STATE_HOME/fedbus/<fleet>/node-<id>)",
     )
+    parser.add_argument(
+        "--signing-key",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="Ed25519 seed (hex) to sign every update with (default: signing.key of "
+        "--credentials, if there)",
+    )
     add_bus_arguments(parser)
     add_logging_arguments(parser)
 
@@ -94,6 +106,13 @@ def default_state_dir(fleet: str, node_id: str) -> Path:
     """Where a node keeps its seq counter and outbox unless told otherwise (XDG)."""
     root = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(root) / "fedbus" / fleet / f"node-{node_id}"
+
+
+def _signing_key(args: argparse.Namespace) -> Ed25519PrivateKey | None:
+    path = args.signing_key
+    if path is None and args.credentials is not None:
+        path = load_credentials(args.credentials).signing_key
+    return None if path is None else load_signing_key(path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         ack_timeout=args.ack_timeout,
         codec=CodecSpec.parse(args.codec, rounding=args.rounding),
         state_dir=args.state_dir or default_state_dir(topics.fleet, node_id),
+        signing_key=_signing_key(args),
     )
     node = EdgeNode(settings, source=source)
     stop_on_signals(node.stopping)

@@ -1,0 +1,247 @@
+"""Broker auth: accounts on disk, the ACL mosquitto enforces, and `fedbus broker` actions.
+
+The integration tests run a real mosquitto with the auth directory's
+password file and ACL and talk to it with real paho clients: a denied
+publish must be refused by the broker itself (MQTT 5 PUBACK "Not
+authorized") and never reach the aggregator's subscription.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import stat
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from fedbus.broker.accounts import (
+    AGGREGATOR_ACCOUNT,
+    OBSERVER_ACCOUNT,
+    AuthDir,
+    mosquitto_password_hash,
+)
+from fedbus.broker.acl import Role, account_rules
+from fedbus.broker.errors import ConfigError
+from fedbus.broker.serve import main as broker_main
+from fedbus.broker.topics import Channel, Topics
+
+TOPICS = Topics("default")
+
+
+@pytest.fixture
+def auth(tmp_path: Path) -> AuthDir:
+    folder = AuthDir(tmp_path / "auth")
+    folder.initialize("default")
+    folder.add("node-a", Role.NODE)
+    folder.add("node-b", Role.NODE)
+    return folder
+
+
+def _password(auth: AuthDir, name: str) -> str:
+    return (auth.credentials_dir(name) / "password").read_text().strip()
+
+
+class _Client:
+    """A raw paho MQTT 5 client that records what the broker answers."""
+
+    def __init__(self, port: int, username: str | None, password: str | None) -> None:
+        self.connack: object = None
+        self.pubacks: dict[int, str] = {}
+        self.messages: list[tuple[str, bytes]] = []
+        self.done = threading.Event()
+        self.client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5
+        )
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        self.client.on_connect = self._on_connect
+        self.client.on_publish = self._on_publish
+        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self.done.wait(5), "no CONNACK"
+
+    def _on_connect(self, client, userdata, flags, reason, properties) -> None:  # type: ignore[no-untyped-def]
+        self.connack = reason
+        self.done.set()
+
+    def _on_publish(self, client, userdata, mid, reason, properties) -> None:  # type: ignore[no-untyped-def]
+        self.pubacks[mid] = str(reason)
+
+    @property
+    def accepted(self) -> bool:
+        return not self.connack.is_failure  # type: ignore[attr-defined]
+
+    def publish(self, topic: str, payload: bytes) -> str:
+        info = self.client.publish(topic, payload, qos=1)
+        deadline = time.monotonic() + 5
+        while info.mid not in self.pubacks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.pubacks[info.mid]
+
+    def subscribe(self, topic_filter: str) -> None:
+        self.client.subscribe(topic_filter, qos=1)
+        time.sleep(0.2)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+# --------------------------------------------------------------- pure parts
+
+
+def test_password_hash_is_mosquittos_pbkdf2_sha512_format() -> None:
+    salt = bytes(range(12))
+    line = mosquitto_password_hash("secret", salt)
+    kind, rounds, salt_b64, digest_b64 = line.split("$")[1:]
+    assert (kind, rounds) == ("7", "101")
+    assert base64.b64decode(salt_b64) == salt
+    expected = hashlib.pbkdf2_hmac("sha512", b"secret", salt, 101)
+    assert base64.b64decode(digest_b64) == expected
+
+
+def test_node_rules_grant_only_its_own_topics_and_the_model() -> None:
+    rules = account_rules(TOPICS, "node-a", Role.NODE)
+    writes = {line.split()[2] for line in rules if line.startswith("topic write")}
+    reads = {line.split()[2] for line in rules if line.startswith("topic read ")}
+    assert all("node-a" in topic for topic in writes)
+    assert {TOPICS.update("node-a"), TOPICS.status("node-a"), TOPICS.stats("node-a")} <= writes
+    assert TOPICS.model not in writes
+    assert reads == {
+        TOPICS.model,
+        TOPICS.model + "/chunk/+",
+        TOPICS.ack("node-a"),
+        TOPICS.ack("node-a") + "/chunk/+",
+    }
+    assert not any("readwrite" in line for line in rules)
+
+
+def test_auth_dir_files_registry_and_secrets(auth: AuthDir) -> None:
+    names = {a.name: a.role for a in auth.accounts()}
+    assert names == {
+        AGGREGATOR_ACCOUNT: Role.AGGREGATOR,
+        OBSERVER_ACCOUNT: Role.OBSERVER,
+        "node-a": Role.NODE,
+        "node-b": Role.NODE,
+    }
+    assert set(auth.verify_keys()) == {"node-a", "node-b"}
+    for secret in (
+        auth.password_path,
+        auth.credentials_dir("node-a") / "password",
+        auth.credentials_dir("node-a") / "signing.key",
+    ):
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    registry = auth.registry_path.read_text()
+    assert _password(auth, "node-a") not in registry
+    assert _password(auth, "node-a") not in auth.password_path.read_text()
+    assert "user node-b" in auth.acl_path.read_text()
+
+
+def test_names_reserved_duplicate_and_invalid_are_refused(auth: AuthDir) -> None:
+    with pytest.raises(ConfigError, match="already exists"):
+        auth.add("node-a", Role.NODE)
+    auth.remove(AGGREGATOR_ACCOUNT)
+    with pytest.raises(ConfigError, match="reserved"):
+        auth.add(AGGREGATOR_ACCOUNT, Role.NODE)
+    with pytest.raises(ConfigError, match="account name"):
+        auth.add("bad/name", Role.NODE)
+    with pytest.raises(ConfigError, match="belongs to fleet"):
+        auth.initialize("other")
+
+
+def test_remove_node_drops_password_acl_key_and_credentials(auth: AuthDir) -> None:
+    auth.remove("node-b")
+    assert "node-b" not in auth.verify_keys()
+    assert "node-b:" not in auth.password_path.read_text()
+    assert "user node-b" not in auth.acl_path.read_text()
+    assert not auth.credentials_dir("node-b").exists()
+    with pytest.raises(ConfigError, match="no account"):
+        auth.remove("node-b")
+
+
+def test_cli_add_list_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "auth"
+    assert broker_main(["add-node", "sensor-7", "--auth-dir", str(folder), "--fleet", "f1"]) == 0
+    out = capsys.readouterr().out
+    password = (folder / "credentials" / "sensor-7" / "password").read_text().strip()
+    assert "sensor-7" in out and password not in out
+    assert broker_main(["list-nodes", "--auth-dir", str(folder), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["fleet"] == "f1"
+    assert {a["name"] for a in listed["accounts"]} == {"sensor-7", "aggregator", "observer"}
+    assert broker_main(["remove-node", "sensor-7", "--auth-dir", str(folder)]) == 0
+    with pytest.raises(SystemExit) as exited:
+        broker_main(["remove-node", "sensor-7", "--auth-dir", str(folder)])
+    assert exited.value.code == 2
+
+
+# --------------------------------------------------------------- real broker
+
+
+@pytest.mark.broker
+def test_anonymous_and_wrong_password_cannot_connect(auth: AuthDir, broker_factory) -> None:  # type: ignore[no-untyped-def]
+    broker = broker_factory(extra_lines=auth.broker_lines())
+    anonymous = _Client(broker.port, None, None)
+    wrong = _Client(broker.port, "node-a", "not-the-password")
+    right = _Client(broker.port, "node-a", _password(auth, "node-a"))
+    try:
+        assert not anonymous.accepted
+        assert not wrong.accepted
+        assert right.accepted
+    finally:
+        for client in (anonymous, wrong, right):
+            client.close()
+
+
+@pytest.mark.broker
+def test_node_cannot_publish_as_another_node_nor_the_model(auth: AuthDir, broker_factory) -> None:  # type: ignore[no-untyped-def]
+    broker = broker_factory(extra_lines=auth.broker_lines())
+    aggregator = _Client(broker.port, AGGREGATOR_ACCOUNT, _password(auth, AGGREGATOR_ACCOUNT))
+    observer = _Client(broker.port, OBSERVER_ACCOUNT, _password(auth, OBSERVER_ACCOUNT))
+    node_a = _Client(broker.port, "node-a", _password(auth, "node-a"))
+    try:
+        aggregator.subscribe(TOPICS.all_nodes(Channel.UPDATE))
+        observer.subscribe(TOPICS.everything)
+        assert "Not authorized" in node_a.publish(TOPICS.update("node-b"), b"forged")
+        assert "Not authorized" in node_a.publish(TOPICS.model, b"forged model")
+        assert "Not authorized" in node_a.publish(TOPICS.ack("node-b"), b"forged ack")
+        # The control: its own topic goes through, so the wait below is long enough.
+        assert node_a.publish(TOPICS.update("node-a"), b"genuine") == "Success"
+        time.sleep(0.3)
+        assert aggregator.messages == [(TOPICS.update("node-a"), b"genuine")]
+        assert observer.messages == [(TOPICS.update("node-a"), b"genuine")]
+        # Nor may a node read another node's update or publish anything as observer.
+        node_b = _Client(broker.port, "node-b", _password(auth, "node-b"))
+        node_b.subscribe(TOPICS.update("node-a"))
+        assert node_a.publish(TOPICS.update("node-a"), b"private") == "Success"
+        assert "Not authorized" in observer.publish(TOPICS.model, b"x")
+        time.sleep(0.3)
+        assert node_b.messages == []
+        node_b.close()
+    finally:
+        for client in (aggregator, observer, node_a):
+            client.close()
+
+
+@pytest.mark.broker
+def test_removed_node_is_locked_out_after_reload(auth: AuthDir, broker_factory) -> None:  # type: ignore[no-untyped-def]
+    broker = broker_factory(extra_lines=auth.broker_lines())
+    password = _password(auth, "node-b")
+    before = _Client(broker.port, "node-b", password)
+    assert before.accepted
+    before.close()
+    auth.remove("node-b")
+    broker.reload()
+    time.sleep(0.3)
+    after = _Client(broker.port, "node-b", password)
+    try:
+        assert not after.accepted
+    finally:
+        after.close()
