@@ -12,6 +12,9 @@ or any buffer of one (FedAsync), would cancel f(s) entirely. With it:
 - K = cohort, only s = 0 accepted, g(n) = n is synchronous FedAvg:
   w <- w + sum(n_i D_i) / sum(n_i), the sample-weighted mean of local models.
 
+The robust and DP modes (fedbus.aggregator.robust) keep one row per node
+instead of the running sum and combine the rows at the flush.
+
 Everything here is pure state and arithmetic: no clock, no MQTT, no files.
 """
 
@@ -23,6 +26,9 @@ from enum import Enum
 
 import numpy as np
 
+from fedbus.aggregator.privacy import GaussianAccountant, PrivacySpent
+from fedbus.aggregator.robust import PrivacySettings, RobustSettings, check_compatible
+from fedbus.aggregator.row_buffer import RowBuffer
 from fedbus.aggregator.server_optimizer import OptimizerSettings, OptimizerState, server_step
 from fedbus.aggregator.staleness import StalenessKind, StalenessWeighting
 from fedbus.broker.errors import ConfigError
@@ -48,8 +54,11 @@ class AggregationConfig:
     max_staleness: int = 50
     weight_by_samples: bool = True
     optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
+    robust: RobustSettings = field(default_factory=RobustSettings)
+    privacy: PrivacySettings | None = None
 
     def __post_init__(self) -> None:
+        check_compatible(self.robust, self.privacy)
         if self.buffer_size < 1:
             raise ConfigError(f"buffer_size must be >= 1, got {self.buffer_size}")
         if not self.server_lr > 0:
@@ -104,11 +113,20 @@ class BufferedAggregator:
     applied_updates: int = 0
     contributors: set[str] = field(default_factory=set)
     optimizer_state: OptimizerState = field(init=False)
+    #: Secret seed of the DP noise; the noise of version v comes from (seed, v),
+    #: so replaying the journal reproduces the model bit for bit.
+    noise_seed: int = 0
+    #: Robust and DP modes: one row per node instead of the running sum.
+    rows: RowBuffer | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.weights = {k: np.array(v, dtype=np.float32) for k, v in self.weights.items()}
         self.buffer = {k: np.zeros_like(v) for k, v in self.weights.items()}
         self.optimizer_state = OptimizerState.fresh(self.config.optimizer, self.weights)
+        self.rows = None
+        if not self.config.robust.is_plain or self.config.privacy is not None:
+            layout = {k: v.shape for k, v in self.weights.items()}
+            self.rows = RowBuffer(layout, self.config.robust, self.config.privacy)
 
     def staleness_of(self, base_version: int) -> int:
         return self.version - base_version
@@ -127,6 +145,10 @@ class BufferedAggregator:
         Returns True when the model moved to a new version.
         """
         a, g = update_coefficient(self.config, self.staleness_of(base_version), num_samples)
+        if self.rows is not None:
+            staleness_weight = self.config.staleness.weight(self.staleness_of(base_version))
+            self.rows.add(node, delta, staleness_weight, g)
+            return self._count_added(node, g)
         coefficient = np.float32(a)
         for name, acc in self.buffer.items():
             tensor = delta[name]
@@ -134,6 +156,9 @@ class BufferedAggregator:
                 tensor.accumulate_into(acc.reshape(-1), float(coefficient))
             else:
                 acc += coefficient * tensor
+        return self._count_added(node, g)
+
+    def _count_added(self, node: str, g: float) -> bool:
         self.buffered += 1
         self.normalizer += g
         self.contributors.add(node)
@@ -146,12 +171,20 @@ class BufferedAggregator:
         """Apply whatever is buffered (also a partial buffer, e.g. on a deadline)."""
         if self.buffered == 0:
             return False
+        if self.rows is not None:
+            noise = None
+            if self.config.privacy is not None:
+                noise = np.random.default_rng([self.noise_seed, self.version])
+            step, normalizer = self.rows.unflatten(self.rows.combine(noise)), 1.0
+            self.rows.clear()
+        else:
+            step, normalizer = self.buffer, self.normalizer
         self.weights = server_step(
             self.config.optimizer,
             self.optimizer_state,
             self.weights,
-            self.buffer,
-            self.normalizer,
+            step,
+            normalizer,
             self.config.server_lr,
         )
         for acc in self.buffer.values():
@@ -162,3 +195,16 @@ class BufferedAggregator:
         self.contributors.clear()
         self.version += 1
         return True
+
+    def privacy_spent(self) -> PrivacySpent | None:
+        """(epsilon, delta) after every model step so far (None without DP).
+
+        Worst case over nodes: a node may have had a row in every step, each
+        a Gaussian mechanism of sensitivity `clip` (fedbus.aggregator.privacy).
+        """
+        privacy = self.config.privacy
+        if privacy is None:
+            return None
+        steps = self.version
+        state = {"steps": steps, "mu_squared": steps / privacy.noise_multiplier**2}
+        return GaussianAccountant.from_state(state, privacy.delta).spent()

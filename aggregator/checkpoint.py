@@ -24,6 +24,7 @@ import numpy as np
 
 from fedbus.aggregator.buffer import AggregationConfig, BufferedAggregator
 from fedbus.aggregator.core import AggregatorCore
+from fedbus.aggregator.row_buffer import RowBuffer
 from fedbus.broker.codec import DecodeLimits, decode, encode
 from fedbus.broker.durable_files import write_atomically
 from fedbus.broker.errors import CodecError, FedbusError
@@ -64,10 +65,35 @@ def config_fingerprint(config: AggregationConfig) -> dict[str, Any]:
 
     flat = dataclasses.asdict(config)
     nested = {part: flat.pop(part) for part in ("staleness", "optimizer")}
+    # Robust and DP settings appear only when used, so state dirs written
+    # before they existed still resume under the plain settings.
+    robust, privacy = flat.pop("robust"), flat.pop("privacy")
+    if not config.robust.is_plain:
+        nested["robust"] = robust
+    if privacy is not None:
+        nested["privacy"] = privacy
     fingerprint = {k: plain(v) for k, v in flat.items()}
     for part, values in nested.items():
         fingerprint |= {f"{part}_{k}": plain(v) for k, v in values.items()}
     return fingerprint
+
+
+def _rows_map(rows: RowBuffer) -> dict[str, Any]:
+    return {
+        "rows": {node: row.tobytes() for node, row in sorted(rows.rows.items())},
+        "sample_weights": dict(sorted(rows.sample_weights.items())),
+        "recent_norms": list(rows.recent_norms),
+    }
+
+
+def _restore_rows(rows: RowBuffer, raw: dict[str, Any]) -> None:
+    for node, data in raw["rows"].items():
+        row = np.frombuffer(data, dtype=np.float32)
+        if row.shape != (rows.size,):
+            raise CheckpointError(f"row of {node!r} has {row.size} values, expected {rows.size}")
+        rows.rows[node] = row.copy()
+    rows.sample_weights = {node: float(w) for node, w in raw["sample_weights"].items()}
+    rows.recent_norms.extend(float(n) for n in raw["recent_norms"])
 
 
 def _counters_map(core: AggregatorCore) -> dict[str, Any]:
@@ -107,6 +133,7 @@ def snapshot(core: AggregatorCore, checkpoint_id: int) -> bytes:
             },
             "decisions": [encode(ack) for _, ack in sorted(core.decisions.items())],
             "counters": _counters_map(core),
+            "row_buffer": None if agg.rows is None else _rows_map(agg.rows),
         },
         use_bin_type=True,
     )
@@ -152,6 +179,12 @@ def restore(core: AggregatorCore, data: bytes) -> int:
     shapes = core.task.weight_shapes
     agg = BufferedAggregator(core.aggregator.config, decode_weights(model.tensors, shapes))
     agg.version = model.version
+    agg.noise_seed = core.aggregator.noise_seed  # a secret of this run, not of the checkpoint
+    if agg.rows is not None:
+        try:
+            _restore_rows(agg.rows, raw["row_buffer"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"unreadable row buffer: {exc}") from exc
     agg.buffer = {
         k: np.array(v, dtype=np.float32)
         for k, v in decode_weights(buffer_msg.tensors, shapes).items()

@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from fedbus.aggregator.buffer import BufferedAggregator
 from fedbus.aggregator.core import AggregatorCore
 from fedbus.aggregator.store import AggregatorStore
 from fedbus.broker.client import BrokerAddress, BusClient, LastWill, Received
@@ -42,6 +43,25 @@ class DaemonSettings:
     checkpoint_every: int = 10
     #: Most messages decided per group commit (one fsync each batch).
     max_batch: int = 256
+
+
+def robust_counters(aggregator: BufferedAggregator) -> dict[str, float]:
+    """The privacy spent so far and the current clip bound, for `aggregator/status`."""
+    out: dict[str, float] = {}
+    if aggregator.rows is not None:
+        bound = aggregator.rows.clip_bound()
+        if bound is not None:
+            out["clip_bound"] = bound
+    spent = aggregator.privacy_spent()
+    if spent is not None and aggregator.config.privacy is not None:
+        out |= {
+            "dp_epsilon": spent.epsilon,
+            "dp_delta": spent.delta,
+            "dp_steps": spent.steps,
+            "dp_noise_multiplier": aggregator.config.privacy.noise_multiplier,
+            "dp_clip": aggregator.config.privacy.clip,
+        }
+    return out
 
 
 class AggregatorDaemon:
@@ -80,7 +100,16 @@ class AggregatorDaemon:
 
     @property
     def _mode(self) -> str:
-        return self.core.aggregator.config.mode.value
+        """The mode and any robust or DP setting, e.g. "fedbuff+median+clip"."""
+        config = self.core.aggregator.config
+        parts = [config.mode.value]
+        if config.robust.rule.value != "mean":
+            parts.append(config.robust.rule.value)
+        if config.robust.clip_norm is not None or config.robust.adaptive_clip is not None:
+            parts.append("clip")
+        if config.privacy is not None:
+            parts.append("dp")
+        return "+".join(parts)
 
     def _status_payload(self, state: str) -> bytes:
         return encode(
@@ -93,6 +122,7 @@ class AggregatorDaemon:
                     "applied": self.core.aggregator.applied_updates,
                     "buffered": self.core.aggregator.buffered,
                     "bad_chunks": self.client.reassembler.counters.bad,
+                    **robust_counters(self.core.aggregator),
                 },
             )
         )
