@@ -67,6 +67,9 @@ log = logging.getLogger(__name__)
 #: Called between local training and sending, with the node and the local run
 #: index; returns False to lose the update (the simulator's dropouts and delays).
 BeforeSend = Callable[["EdgeNode", int], bool]
+#: Replaces the delta of local run k before it is compressed and signed (the
+#: simulator's Byzantine nodes, fedbus.node.attacks).
+Tamper = Callable[[dict[str, np.ndarray], int], dict[str, np.ndarray]]
 
 
 def learner_for(task: TrainingTask) -> Learner:
@@ -147,6 +150,7 @@ class EdgeNode:
         *,
         source: RowSource | None = None,
         before_send: BeforeSend | None = None,
+        tamper: Tamper | None = None,
     ) -> None:
         """Local data is either fixed arrays (`features`, `labels`) or a `source` of
         raw rows, called before every local run (a stream's window moves)."""
@@ -159,6 +163,7 @@ class EdgeNode:
         self.labels = None if labels is None else np.ascontiguousarray(labels)
         self._source = source
         self.before_send = before_send
+        self.tamper = tamper
         #: The task whose statistics this node published, and a task it cannot run.
         self._stats_sent_for: TrainingTask | None = None
         self._unusable: TrainingTask | None = None
@@ -413,6 +418,8 @@ class EdgeNode:
         )
         local = self.learner.get_weights()
         delta = {name: (local[name] - base[name]).astype(np.float32) for name in base}
+        if self.tamper is not None:
+            delta = self.tamper(delta, run)
         tensors, residual = compress(
             delta,
             self.device_state.residual,

@@ -40,6 +40,7 @@ from fedbus.broker.topics import Topics
 from fedbus.node.cli import add_codec_arguments
 from fedbus.node.compression import CodecSpec
 from fedbus.node.conditions import Heterogeneity
+from fedbus.node.demo_security import DemoSecurity, add_security_arguments
 from fedbus.node.demo_setup import DATASETS, DemoSetup, build_setup
 from fedbus.node.fleet import Fleet
 from fedbus.node.observer import ModelObserver, VersionScore
@@ -115,6 +116,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="sync/FedBuff: apply a partial buffer after this long",
     )
     add_codec_arguments(parser)
+    add_security_arguments(parser)
     het = parser.add_argument_group("device and link conditions")
     het.add_argument(
         "--straggler-scale",
@@ -151,6 +153,7 @@ def _aggregator_command(
     state_dir: Path,
     setup: DemoSetup,
     run_dir: Path,
+    security: DemoSecurity,
 ) -> list[str]:
     mode = MODES[args.mode]
     command = [
@@ -202,6 +205,7 @@ def _aggregator_command(
         command += ["--hidden", ",".join(str(h) for h in setup.hidden)]
     if setup.feature_names:
         command += ["--feature-names", ",".join(setup.feature_names)]
+    command += security.aggregator_flags()
     if setup.pipeline:
         pipeline = run_dir / "pipeline.json"
         pipeline.write_text(json.dumps(setup.pipeline, indent=2) + "\n")
@@ -244,7 +248,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     )
     target = setup.target if args.target is None else args.target
     topics = Topics("demo")
-    with ManagedBroker() as broker:
+    security = DemoSecurity(args, run_dir, topics.fleet, args.nodes)
+    with ManagedBroker(extra_lines=security.broker_lines()) as broker:
         address = BrokerAddress(broker.host, broker.port)
         fleet = Fleet(
             setup.node_data,
@@ -254,8 +259,12 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             heterogeneity=heterogeneity,
             state_root=run_dir / "nodes",
             codec=CodecSpec.parse(args.codec, rounding=args.rounding),
+            access=lambda node: security.node_access(address, node),
+            tampers=security.tamper_for,
         )
-        observer = ModelObserver(address, topics, setup.X_test, setup.y_test, kind=setup.kind)
+        observer = ModelObserver(
+            security.observer_address(address), topics, setup.X_test, setup.y_test, kind=setup.kind
+        )
         feeders = [threading.Thread(target=f.run, daemon=True) for f in setup.feeds]
         for feeder in feeders:
             feeder.start()
@@ -265,7 +274,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         aggregator_log = (run_dir / "aggregator.log").open("w")
         aggregator = subprocess.Popen(
             _aggregator_command(
-                args, broker, topics.fleet, run_dir / "aggregator-state", setup, run_dir
+                args, broker, topics.fleet, run_dir / "aggregator-state", setup, run_dir, security
             ),
             stderr=aggregator_log,
             stdout=subprocess.DEVNULL,
@@ -311,7 +320,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             aggregator_log.close()
             observer.poll(0.2)
             observer.stop()
-    summary = _summary(args, setup, target, observer, fleet, reached, run_dir)
+    summary = _summary(args, setup, target, observer, fleet, reached, run_dir, security)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_scores_csv(observer.scores, run_dir / "scores.csv", setup.metric)
     model = setup.learner + (f" {setup.hidden}" if setup.hidden else "")
@@ -333,6 +342,7 @@ def _summary(
     fleet: Fleet,
     reached: VersionScore | None,
     run_dir: Path,
+    security: DemoSecurity,
 ) -> dict[str, Any]:
     counters = dict(observer.status.counters) if observer.status else {}
     latest = observer.latest
@@ -373,6 +383,8 @@ def _summary(
         "bytes_up": totals.bytes_sent,
         "bytes_down": totals.bytes_received,
         "fleet": asdict(totals),
+        **security.summary(),
+        "dp_epsilon": counters.get("dp_epsilon"),
         "run_dir": str(run_dir),
     }
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedbus.broker.client import BrokerAddress
 from fedbus.broker.topics import Topics
-from fedbus.node.agent import EdgeNode, NodeSettings
+from fedbus.node.agent import EdgeNode, NodeSettings, Tamper
 from fedbus.node.compression import CodecSpec
 from fedbus.node.conditions import Heterogeneity, run_conditions, slow_nodes
 from fedbus.node.training_data import RowSource
@@ -55,29 +56,40 @@ class Fleet:
         ack_timeout: float = 10.0,
         state_root: Path | None = None,
         codec: CodecSpec | None = None,
+        access: Callable[[str], tuple[BrokerAddress, Ed25519PrivateKey | None]] | None = None,
+        tampers: Callable[[int], Tamper | None] | None = None,
     ) -> None:
         """One node per entry of `partitions`: fixed (features, labels) arrays, or a
         row source called before each local run (fedbus.node.training_data).
-        `state_root`: each node keeps its device state and outbox in a folder here."""
+        `state_root`: each node keeps its device state and outbox in a folder here.
+        `access`: node id -> its own broker address and signing key (secured fleets).
+        `tampers`: node index -> the hook that makes it Byzantine, or None."""
         self.heterogeneity = heterogeneity or Heterogeneity()
         self.seed = seed
         self._slow = slow_nodes(len(partitions), self.heterogeneity.slow_fraction, seed)
         self.dropped = 0
         self.link_flaps = 0
         self._lock = threading.Lock()
+
+        def login(node_id: str) -> tuple[BrokerAddress, Ed25519PrivateKey | None]:
+            return access(node_id) if access is not None else (address, None)
+
+        self._tampers = tampers or (lambda index: None)
+        logins = [login(f"node-{i:03d}") for i in range(len(partitions))]
         self.nodes = [
             self._node(
                 i,
                 data,
                 NodeSettings(
                     f"node-{i:03d}",
-                    address,
+                    logins[i][0],
                     topics,
                     seed=seed,
                     node_index=i,
                     ack_timeout=ack_timeout,
                     state_dir=None if state_root is None else state_root / f"node-{i:03d}",
                     codec=codec or CodecSpec(),
+                    signing_key=logins[i][1],
                 ),
             )
             for i, data in enumerate(partitions)
@@ -85,10 +97,11 @@ class Fleet:
         self._threads: list[threading.Thread] = []
 
     def _node(self, index: int, data: NodeData, settings: NodeSettings) -> EdgeNode:
+        tamper = self._tampers(index)
         if callable(data):
-            return EdgeNode(settings, source=data, before_send=self._before_send)
+            return EdgeNode(settings, source=data, before_send=self._before_send, tamper=tamper)
         features, labels = data
-        return EdgeNode(settings, features, labels, before_send=self._before_send)
+        return EdgeNode(settings, features, labels, before_send=self._before_send, tamper=tamper)
 
     def _before_send(self, node: EdgeNode, run: int) -> bool:
         """Apply the drawn conditions of this run: wait, flap the link, or drop out."""

@@ -73,3 +73,28 @@ def test_sensors_demo_trains_on_streaming_windows(tmp_path: Path) -> None:
     summary = _demo(tmp_path, "--dataset", "sensors", "--mode", "async")
     assert summary["model"] == "logistic" and summary["reached_target"]
     assert summary["best_accuracy"] >= summary["target"]
+
+
+def test_tls_only_demo_with_signed_updates_reaches_target(tmp_path: Path) -> None:
+    """Broker with only a TLS listener, every client logs in with its certificate."""
+    summary = _demo(tmp_path, "--tls")
+    assert summary["tls"] and summary["secure"]
+    assert summary["reached_target"] and summary["updates_rejected"] == 0
+    assert (tmp_path / "run" / "auth" / "tls" / "ca.crt").is_file()
+
+
+def test_secure_demo_with_byzantine_nodes_reaches_target_in_robust_mode(tmp_path: Path) -> None:
+    summary = _demo(
+        tmp_path,
+        "--secure",
+        "--attack",
+        "sign_flip",
+        "--robust",
+        "trimmed",
+        "--trim-beta",
+        "0.2",
+        "--adaptive-clip",
+        "1.0",
+    )
+    assert len(summary["malicious_nodes"]) == 4
+    assert summary["reached_target"] and summary["best_accuracy"] >= 0.93
