@@ -178,7 +178,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="FILE",
         help="auth dir (or its accounts.json) of `fedbus broker add-node`: only its "
-        "nodes may send updates, each signed with its enrolled key",
+        "nodes may send updates, each signed with its enrolled key (reread on change)",
     )
     agg.add_argument(
         "--allow-node",
@@ -362,7 +362,11 @@ def build_daemon(args: argparse.Namespace) -> AggregatorDaemon:
         else f"resumed at version {core.version} ({recovery.replayed} journal entries replayed)",
     )
     settings = DaemonSettings(
-        address, topics, flush_after=args.flush_after, checkpoint_every=args.checkpoint_every
+        address,
+        topics,
+        flush_after=args.flush_after,
+        checkpoint_every=args.checkpoint_every,
+        node_keys=args.node_keys,
     )
     return AggregatorDaemon(core, settings, store)
 

@@ -107,6 +107,11 @@ class AggregatorCore:
         self.rejection_log = ThrottledLog(log, window=REJECTION_LOG_WINDOW)
         self.stats_pool = StatsPool(task_feature_count(task), stats_quorum)
 
+    def enrol(self, verify_keys: Mapping[str, bytes]) -> None:
+        """Replace the enrolled nodes and their keys (the accounts file changed)."""
+        self.verify_keys = dict(verify_keys)
+        self.known_nodes = frozenset(verify_keys)
+
     def handle_stats(
         self,
         topic_node: str,

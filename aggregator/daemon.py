@@ -15,16 +15,19 @@ decoding and arithmetic run on the thread that calls `run`.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from fedbus.aggregator.buffer import BufferedAggregator
 from fedbus.aggregator.core import AggregatorCore
 from fedbus.aggregator.store import AggregatorStore
+from fedbus.broker.accounts import AuthDir
 from fedbus.broker.client import BrokerAddress, BusClient, LastWill, Received
 from fedbus.broker.codec import encode
-from fedbus.broker.errors import ProtocolError
+from fedbus.broker.errors import ConfigError, ProtocolError
 from fedbus.broker.messages import AckMessage, AggregatorStatus
 from fedbus.broker.topics import Channel, Topics
 
@@ -43,6 +46,8 @@ class DaemonSettings:
     checkpoint_every: int = 10
     #: Most messages decided per group commit (one fsync each batch).
     max_batch: int = 256
+    #: The enrolled nodes' keys (fedbus broker add-node); reread when it changes.
+    node_keys: Path | None = None
 
 
 def robust_counters(aggregator: BufferedAggregator) -> dict[str, float]:
@@ -81,6 +86,8 @@ class AggregatorDaemon:
         self._checkpointed_version = core.version
         self.topics = settings.topics
         self.stopping = threading.Event()
+        self._keys_checked_at = -math.inf
+        self._keys_stamp: int | None = None
         self._status_due = 0.0
         self._status_dirty = True
         self._buffer_since: float | None = time.monotonic() if core.aggregator.buffered else None
@@ -153,6 +160,7 @@ class AggregatorDaemon:
         announced_connection = 0
         try:
             while not self.stopping.is_set():
+                self._reload_keys_if_changed()
                 if self.client.connect_count != announced_connection:
                     # First connect, or back after a broker restart that may have lost
                     # the retained model and replaced the status with the last will.
@@ -164,6 +172,27 @@ class AggregatorDaemon:
                 self.store.close(self.core)
             self.publish_status("stopped")
             self.client.stop()
+
+    def _reload_keys_if_changed(self) -> None:
+        """Enrol nodes added (or drop nodes removed) since start, at most once a second."""
+        path = self.settings.node_keys
+        now = time.monotonic()
+        if path is None or now - self._keys_checked_at < 1.0:
+            return
+        self._keys_checked_at = now
+        auth = AuthDir.of(path)
+        try:
+            stamp = auth.registry_path.stat().st_mtime_ns
+            if stamp == self._keys_stamp:
+                return
+            keys = auth.verify_keys()
+        except (OSError, ConfigError) as exc:
+            log.warning("cannot reread node keys from %s: %s; keeping the old ones", path, exc)
+            return
+        if self._keys_stamp is not None:
+            log.info("node keys changed: %d nodes enrolled", len(keys))
+        self._keys_stamp = stamp
+        self.core.enrol(keys)
 
     def _receive_batch(self) -> list[Received]:
         first = self.client.receive(timeout=0.05)

@@ -125,7 +125,7 @@ def test_dp_every_row_is_within_the_clip_bound_and_the_noise_is_reproducible(
 
 def test_dp_accountant_reports_the_exact_gaussian_epsilon_of_the_steps() -> None:
     agg = _aggregator(k=1, privacy=PrivacySettings(clip=1.0, noise_multiplier=1.1, delta=1e-5))
-    for i in range(20):
+    for _ in range(20):
         agg.add("n", _delta(np.ones(SIZE)), agg.version, 1)
     spent = agg.privacy_spent()
     assert spent is not None and spent.steps == 20

@@ -241,3 +241,60 @@ def test_forged_and_replayed_updates_over_an_authenticated_bus(  # type: ignore[
         client.stop()
         daemon.stopping.set()
         thread.join(10)
+
+
+def test_protocol_signature_example_is_what_the_code_computes() -> None:
+    """PROTOCOL.md 17.3: the example a device implementer checks against."""
+    import re
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md").read_text()
+    update_hex = re.search(r"### 13\.2 .*?```hex example=update\n(.*?)```", doc, re.S)
+    example = re.search(r"```text signature-example\n(.*?)```", doc, re.S)
+    assert update_hex is not None and example is not None
+    fields = dict(line.split(":", 1) for line in example.group(1).strip().splitlines())
+    message = decode(bytes.fromhex(update_hex.group(1)), UpdateMessage)
+    key = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+    assert public_key_bytes(key).hex() == fields["public key"].strip()
+    assert update_digest(FLEET, message).hex() == fields["digest"].strip()
+    assert sign_update(key, FLEET, message).hex() == fields["sig"].strip()
+
+
+@pytest.mark.broker
+def test_a_node_enrolled_while_the_aggregator_runs_is_accepted(  # type: ignore[no-untyped-def]
+    tmp_path: Path, broker_factory
+) -> None:
+    auth = AuthDir(tmp_path / "auth")
+    auth.initialize(FLEET)
+    auth.add("a", Role.NODE)
+    broker = broker_factory(extra_lines=auth.broker_lines())
+    topics = Topics(FLEET)
+    core = _core(auth.verify_keys(), buffer_size=1)
+    settings = DaemonSettings(
+        _address(broker.port, auth, AGGREGATOR_ACCOUNT), topics, node_keys=auth.root
+    )
+    daemon = AggregatorDaemon(core, settings)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        _wait_for(lambda: core.known_nodes == frozenset({"a"}), what="keys loaded")
+        auth.add("b", Role.NODE)
+        broker.reload()
+        _wait_for(lambda: core.known_nodes == frozenset({"a", "b"}), what="b enrolled")
+        key = load_signing_key(auth.credentials_dir("b") / "signing.key")
+        client = BusClient("ignored", _address(broker.port, auth, "b"), persistent_session=False)
+        client.subscribe(topics.ack("b"), qos=1)
+        client.start()
+        client.wait_connected(10)
+        client.wait_subscribed(10)
+        client.publish(topics.update("b"), encode(_signed(key, _message("b"))), qos=1)
+        received = client.receive(10)
+        assert received is not None
+        assert decode(received.payload, AckMessage).accepted
+        client.stop()
+        auth.remove("b")
+        _wait_for(lambda: core.known_nodes == frozenset({"a"}), what="b withdrawn")
+    finally:
+        daemon.stopping.set()
+        thread.join(10)
