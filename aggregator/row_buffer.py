@@ -18,26 +18,10 @@ import numpy as np
 
 from fedbus.aggregator.robust import PrivacySettings, RobustSettings, Rule
 from fedbus.broker.tensors import WireTensor
-from fedbus.kernels.norms import clip_by_norm, l2_norm
+from fedbus.kernels.norms import clip_within, l2_norm
 from fedbus.kernels.robust import coordinate_median, trim_count, trimmed_mean
 
 Layout = Mapping[str, tuple[int, ...]]
-
-
-def clip_within(values: np.ndarray, bound: float) -> float:
-    """Scale `values` in place so its L2 norm is at most `bound`, never above it.
-
-    `clip_by_norm` lands on the bound to within float32 rounding, which may
-    be a hair above; DP's guarantee needs "at most", so the rare overshoot is
-    clipped again to a bound a few ulps lower. Returns the norm before.
-    """
-    norm = l2_norm(values)
-    clip_by_norm(values, bound)
-    target = bound
-    while l2_norm(values) > bound:
-        target *= 1.0 - 2.0**-22
-        clip_by_norm(values, target)
-    return norm
 
 
 class RowBuffer:

@@ -19,7 +19,7 @@ from numba import njit
 from fedbus.broker.errors import KernelInputError
 from fedbus.kernels.config import JIT_OPTIONS
 
-__all__ = ["clip_by_norm", "l2_norm"]
+__all__ = ["clip_by_norm", "clip_within", "l2_norm"]
 
 
 _LANES = 16
@@ -103,3 +103,20 @@ def clip_by_norm(values: np.ndarray, max_norm: float) -> float:
     factor = limit / norm
     _scale_kernel(values, factor)
     return factor
+
+
+def clip_within(values: np.ndarray, max_norm: float) -> float:
+    """Scale ``values`` in place so its L2 norm is at most ``max_norm``, never above it.
+
+    `clip_by_norm` lands on the bound to within float32 rounding, which may
+    be a hair above; differential privacy needs "at most", so the rare
+    overshoot is clipped again to a bound a few ulps lower. Returns the norm
+    before clipping.
+    """
+    norm = l2_norm(values)
+    clip_by_norm(values, max_norm)
+    target = float(max_norm)
+    while l2_norm(values) > max_norm:
+        target *= 1.0 - 2.0**-22
+        clip_by_norm(values, target)
+    return norm

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedbus.aggregator.robust import PrivacySettings
 from fedbus.broker.client import BrokerAddress, BusClient, LastWill
 from fedbus.broker.codec import decode, encode
 from fedbus.broker.durable_files import write_atomically
@@ -50,6 +51,7 @@ from fedbus.kernels.warmup import warm_up
 from fedbus.node.compression import CodecSpec, compress
 from fedbus.node.device_state import DeviceState, load_device_state, save_device_state, take_seq
 from fedbus.node.learners import Learner, build_learner
+from fedbus.node.local_privacy import LocalPrivacy
 from fedbus.node.local_work import local_shuffle_rng
 from fedbus.node.outbox import Outbox
 from fedbus.node.portable import inference_steps, normalization_lists, transform_rows
@@ -96,6 +98,8 @@ class NodeSettings:
     codec: CodecSpec = CodecSpec()
     #: The node's Ed25519 key; when set every update carries its signature.
     signing_key: Ed25519PrivateKey | None = None
+    #: Local DP: every delta is clipped and noised on the device before it leaves.
+    local_privacy: PrivacySettings | None = None
 
 
 @dataclass
@@ -164,6 +168,9 @@ class EdgeNode:
         self._source = source
         self.before_send = before_send
         self.tamper = tamper
+        self.privacy = None
+        if settings.local_privacy is not None:
+            self.privacy = LocalPrivacy(settings.local_privacy)
         #: The task whose statistics this node published, and a task it cannot run.
         self._stats_sent_for: TrainingTask | None = None
         self._unusable: TrainingTask | None = None
@@ -420,6 +427,12 @@ class EdgeNode:
         delta = {name: (local[name] - base[name]).astype(np.float32) for name in base}
         if self.tamper is not None:
             delta = self.tamper(delta, run)
+        if self.privacy is not None:
+            delta = self.privacy.apply(delta)
+            spent = self.privacy.spent()
+            log.info(
+                "%s: local DP epsilon %.3g at delta %g", self.node_id, spent.epsilon, spent.delta
+            )
         tensors, residual = compress(
             delta,
             self.device_state.residual,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedbus.aggregator.robust import PrivacySettings
 from fedbus.broker.cli_common import (
     add_bus_arguments,
     add_logging_arguments,
@@ -98,6 +99,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="Ed25519 seed (hex) to sign every update with (default: signing.key of "
         "--credentials, if there)",
     )
+    parser.add_argument(
+        "--dp-clip",
+        type=float,
+        default=None,
+        metavar="L2",
+        help="local differential privacy: clip every delta to this L2 norm on the device",
+    )
+    parser.add_argument(
+        "--dp-noise-multiplier",
+        type=float,
+        default=None,
+        metavar="Z",
+        help="local DP: add Gaussian noise of std Z x --dp-clip to every weight",
+    )
+    parser.add_argument("--dp-delta", type=float, default=1e-5, help="local DP: reported delta")
     add_bus_arguments(parser)
     add_logging_arguments(parser)
 
@@ -106,6 +122,14 @@ def default_state_dir(fleet: str, node_id: str) -> Path:
     """Where a node keeps its seq counter and outbox unless told otherwise (XDG)."""
     root = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(root) / "fedbus" / fleet / f"node-{node_id}"
+
+
+def _local_privacy(args: argparse.Namespace) -> PrivacySettings | None:
+    if args.dp_clip is None and args.dp_noise_multiplier is None:
+        return None
+    if args.dp_clip is None or args.dp_noise_multiplier is None:
+        raise ConfigError("--dp-clip and --dp-noise-multiplier go together")
+    return PrivacySettings(args.dp_clip, args.dp_noise_multiplier, args.dp_delta)
 
 
 def _signing_key(args: argparse.Namespace) -> Ed25519PrivateKey | None:
@@ -150,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         codec=CodecSpec.parse(args.codec, rounding=args.rounding),
         state_dir=args.state_dir or default_state_dir(topics.fleet, node_id),
         signing_key=_signing_key(args),
+        local_privacy=_local_privacy(args),
     )
     node = EdgeNode(settings, source=source)
     stop_on_signals(node.stopping)

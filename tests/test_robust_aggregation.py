@@ -14,12 +14,11 @@ from fedbus.aggregator.checkpoint import restore, snapshot
 from fedbus.aggregator.core import AggregatorCore
 from fedbus.aggregator.privacy import gaussian_epsilon
 from fedbus.aggregator.robust import PrivacySettings, RobustSettings, Rule
-from fedbus.aggregator.row_buffer import clip_within
 from fedbus.aggregator.staleness import StalenessKind, StalenessWeighting
 from fedbus.broker.errors import ConfigError
 from fedbus.broker.messages import TrainingTask
 from fedbus.broker.tensors import encode_weights
-from fedbus.kernels.norms import l2_norm
+from fedbus.kernels.norms import clip_within, l2_norm
 
 SHAPES = {"W": (4, 3), "b": (3,)}
 SIZE = 15
