@@ -245,3 +245,40 @@ def test_removed_node_is_locked_out_after_reload(auth: AuthDir, broker_factory) 
         assert not after.accepted
     finally:
         after.close()
+
+
+@pytest.mark.broker
+def test_the_shipped_configs_tls_block_works_when_uncommented(  # type: ignore[no-untyped-def]
+    tmp_path: Path, broker_factory
+) -> None:
+    """mosquitto.conf says how to enable TLS by hand; doing exactly that must work."""
+    import re
+
+    from fedbus.broker.certificates import init_ca, issue_client_cert
+
+    init_ca(tmp_path / "tls")
+    client_files = issue_client_cert(tmp_path / "tls", "node-a", tmp_path / "node-a")
+    text = (Path(__file__).resolve().parents[1] / "mosquitto.conf").read_text()
+    found = re.search(r"^# (listener 8883 .*)\n((?:# \S.*\n)+)", text, re.M)
+    assert found is not None, "the commented TLS block is gone from mosquitto.conf"
+    block = [found.group(1)] + [line[2:] for line in found.group(2).splitlines()]
+    block = [line.replace("/etc/fedbus/auth/tls", str(tmp_path / "tls")) for line in block]
+    assert "listener 1883 127.0.0.1\n" in text
+    config = tmp_path / "tls.conf"
+    config.write_text(text.replace("listener 1883 127.0.0.1\n", "\n".join(block) + "\n"))
+    broker = broker_factory(config)
+    connected = threading.Event()
+    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.tls_set(
+        ca_certs=str(client_files.ca_cert),
+        certfile=str(client_files.cert),
+        keyfile=str(client_files.key),
+    )
+    client.on_connect = lambda c, u, f, rc, p: None if rc.is_failure else connected.set()
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        assert connected.wait(5)
+    finally:
+        client.loop_stop()
+        client.disconnect()
