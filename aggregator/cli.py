@@ -15,7 +15,7 @@ from fedbus.aggregator.checkpoint import CheckpointError
 from fedbus.aggregator.core import AggregatorCore
 from fedbus.aggregator.daemon import AggregatorDaemon, DaemonSettings
 from fedbus.aggregator.journal import JournalError
-from fedbus.aggregator.robust import PrivacySettings, RobustSettings, Rule
+from fedbus.aggregator.robust import PrivacySettings, RobustSettings, Rule, privacy_from_flags
 from fedbus.aggregator.server_optimizer import OptimizerSettings, ServerOptimizer
 from fedbus.aggregator.staleness import StalenessKind, StalenessWeighting
 from fedbus.aggregator.store import AggregatorStore, audit_history
@@ -235,11 +235,7 @@ def robust_settings(args: argparse.Namespace) -> RobustSettings:
 
 
 def privacy_settings(args: argparse.Namespace) -> PrivacySettings | None:
-    if args.dp_noise_multiplier is None and args.dp_clip is None:
-        return None
-    if args.dp_noise_multiplier is None or args.dp_clip is None:
-        raise ConfigError("--dp-noise-multiplier and --dp-clip go together")
-    return PrivacySettings(args.dp_clip, args.dp_noise_multiplier, args.dp_delta)
+    return privacy_from_flags(args.dp_clip, args.dp_noise_multiplier, args.dp_delta)
 
 
 def noise_seed(state_dir: Path) -> int:

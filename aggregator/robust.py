@@ -90,6 +90,17 @@ class PrivacySettings:
         return self.noise_multiplier * self.clip
 
 
+def privacy_from_flags(
+    clip: float | None, noise_multiplier: float | None, delta: float
+) -> PrivacySettings | None:
+    """DP settings from a command's `--dp-clip` / `--dp-noise-multiplier` (both or neither)."""
+    if clip is None and noise_multiplier is None:
+        return None
+    if clip is None or noise_multiplier is None:
+        raise ConfigError("--dp-clip and --dp-noise-multiplier go together")
+    return PrivacySettings(clip, noise_multiplier, delta)
+
+
 def check_compatible(robust: RobustSettings, privacy: PrivacySettings | None) -> None:
     """DP's noise is calibrated to the sensitivity of a sum: only the mean rule has one."""
     if privacy is not None and robust.rule is not Rule.MEAN:

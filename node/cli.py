@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedbus.aggregator.robust import PrivacySettings
+from fedbus.aggregator.robust import privacy_from_flags
 from fedbus.broker.cli_common import (
     add_bus_arguments,
     add_logging_arguments,
@@ -124,14 +124,6 @@ def default_state_dir(fleet: str, node_id: str) -> Path:
     return Path(root) / "fedbus" / fleet / f"node-{node_id}"
 
 
-def _local_privacy(args: argparse.Namespace) -> PrivacySettings | None:
-    if args.dp_clip is None and args.dp_noise_multiplier is None:
-        return None
-    if args.dp_clip is None or args.dp_noise_multiplier is None:
-        raise ConfigError("--dp-clip and --dp-noise-multiplier go together")
-    return PrivacySettings(args.dp_clip, args.dp_noise_multiplier, args.dp_delta)
-
-
 def _signing_key(args: argparse.Namespace) -> Ed25519PrivateKey | None:
     path = args.signing_key
     if path is None and args.credentials is not None:
@@ -174,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         codec=CodecSpec.parse(args.codec, rounding=args.rounding),
         state_dir=args.state_dir or default_state_dir(topics.fleet, node_id),
         signing_key=_signing_key(args),
-        local_privacy=_local_privacy(args),
+        local_privacy=privacy_from_flags(args.dp_clip, args.dp_noise_multiplier, args.dp_delta),
     )
     node = EdgeNode(settings, source=source)
     stop_on_signals(node.stopping)

@@ -182,23 +182,35 @@ def _address(port: int, auth: AuthDir, name: str) -> BrokerAddress:
     return BrokerAddress("127.0.0.1", port, creds.username, creds.password)
 
 
-@pytest.mark.broker
-def test_forged_and_replayed_updates_over_an_authenticated_bus(  # type: ignore[no-untyped-def]
-    tmp_path: Path, broker_factory
-) -> None:
+def _secured_aggregator(tmp_path: Path, broker_factory, *, store: bool = False):  # type: ignore[no-untyped-def]
+    """A broker with auth on (node "a" enrolled) and the aggregator daemon serving it.
+
+    The daemon rereads the auth dir's keys, as `fedbus aggregator --node-keys` does.
+    """
     auth = AuthDir(tmp_path / "auth")
     auth.initialize(FLEET)
     auth.add("a", Role.NODE)
     broker = broker_factory(extra_lines=auth.broker_lines())
-    topics = Topics(FLEET)
     core = _core(auth.verify_keys(), buffer_size=1)
-    store = AggregatorStore(tmp_path / "aggregator")
-    store.recover(core)
-    daemon = AggregatorDaemon(
-        core, DaemonSettings(_address(broker.port, auth, AGGREGATOR_ACCOUNT), topics), store
+    durable = None
+    if store:
+        durable = AggregatorStore(tmp_path / "aggregator")
+        durable.recover(core)
+    settings = DaemonSettings(
+        _address(broker.port, auth, AGGREGATOR_ACCOUNT), Topics(FLEET), node_keys=auth.root
     )
+    daemon = AggregatorDaemon(core, settings, durable)
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
+    return auth, broker, core, daemon, thread
+
+
+@pytest.mark.broker
+def test_forged_and_replayed_updates_over_an_authenticated_bus(  # type: ignore[no-untyped-def]
+    tmp_path: Path, broker_factory
+) -> None:
+    auth, broker, core, daemon, thread = _secured_aggregator(tmp_path, broker_factory, store=True)
+    topics = Topics(FLEET)
     key = load_signing_key(auth.credentials_dir("a") / "signing.key")
     # The attacker holds a's broker password, so the broker lets it publish as a.
     client = BusClient("ignored", _address(broker.port, auth, "a"), persistent_session=False)
@@ -265,18 +277,8 @@ def test_protocol_signature_example_is_what_the_code_computes() -> None:
 def test_a_node_enrolled_while_the_aggregator_runs_is_accepted(  # type: ignore[no-untyped-def]
     tmp_path: Path, broker_factory
 ) -> None:
-    auth = AuthDir(tmp_path / "auth")
-    auth.initialize(FLEET)
-    auth.add("a", Role.NODE)
-    broker = broker_factory(extra_lines=auth.broker_lines())
+    auth, broker, core, daemon, thread = _secured_aggregator(tmp_path, broker_factory)
     topics = Topics(FLEET)
-    core = _core(auth.verify_keys(), buffer_size=1)
-    settings = DaemonSettings(
-        _address(broker.port, auth, AGGREGATOR_ACCOUNT), topics, node_keys=auth.root
-    )
-    daemon = AggregatorDaemon(core, settings)
-    thread = threading.Thread(target=daemon.run, daemon=True)
-    thread.start()
     try:
         _wait_for(lambda: core.known_nodes == frozenset({"a"}), what="keys loaded")
         auth.add("b", Role.NODE)
