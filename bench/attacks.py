@@ -3,9 +3,10 @@
 digits-20 (BENCH-TASK.md), 20 nodes, 20% of them attacking on every local
 run (fedbus.node.attacks: sign flip x4, x100 scaling, Gaussian noise std 1),
 FedBuff K = 10. The reference, measured in the same run, is the clean
-accuracy: the plain mean with no attacker. The target (issue 6): the plain
-mean visibly degrades under attack, the robust rule ends within 3 points of
-the clean accuracy.
+accuracy: the plain mean with no attacker, after the same number of updates
+(800: about where the demo reaches 0.93; 4000: about 20 s on the bus). The
+target (issue 6): the plain mean visibly degrades under attack, the robust
+rule ends within 3 points of the clean accuracy.
 
 Two ways to run it:
 - by default in virtual time (fedbus.node.virtual_fleet): the real learners,
@@ -14,7 +15,7 @@ Two ways to run it:
 - with `--bus`, through `fedbus demo --secure` (real broker with auth, signed
   updates, aggregator process, fleet threads) for `--seconds` each.
 
-    python bench/attacks.py [--updates 800] [--bus --seconds 20]
+    python bench/attacks.py [--updates 800,4000] [--bus --seconds 20]
 
 Prints a table and a final JSON line.
 """
@@ -41,21 +42,21 @@ RULES = {
     "mean": RobustSettings(),
     "median": RobustSettings(rule=Rule.MEDIAN),
     "trimmed 0.2": RobustSettings(rule=Rule.TRIMMED, trim_beta=0.2),
-    "trimmed 0.2 + clip x1": RobustSettings(rule=Rule.TRIMMED, trim_beta=0.2, adaptive_clip=1.0),
+    "trimmed 0.2 + clip x0.5": RobustSettings(rule=Rule.TRIMMED, trim_beta=0.2, adaptive_clip=0.5),
 }
 #: The robust rule the docs recommend and the target is checked on.
-RECOMMENDED = "trimmed 0.2 + clip x1"
+RECOMMENDED = "trimmed 0.2 + clip x0.5"
 BUS_FLAGS = {
     "mean": [],
     "median": ["--robust", "median"],
     "trimmed 0.2": ["--robust", "trimmed", "--trim-beta", "0.2"],
-    "trimmed 0.2 + clip x1": [
+    "trimmed 0.2 + clip x0.5": [
         "--robust",
         "trimmed",
         "--trim-beta",
         "0.2",
         "--adaptive-clip",
-        "1.0",
+        "0.5",
     ],
 }
 ATTACKS: list[Attack | None] = [None, *Attack]
@@ -131,16 +132,20 @@ def print_table(title: str, table: dict[str, dict[str, float]]) -> dict[str, obj
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--updates", type=int, default=800, help="virtual runs: updates decided")
+    parser.add_argument(
+        "--updates", default="800,4000", help="virtual runs: updates decided (comma list)"
+    )
     parser.add_argument("--bus", action="store_true", help="also run through fedbus demo --secure")
     parser.add_argument("--seconds", type=float, default=20.0, help="bus runs: seconds each")
     args = parser.parse_args()
-    results: dict[str, object] = {"bench": "attacks", "updates": args.updates}
+    horizons = [int(u) for u in args.updates.split(",")]
+    results: dict[str, object] = {"bench": "attacks", "updates": horizons}
     for partition in ("dirichlet", "iid"):
-        table = virtual_table(partition, args.updates)
-        results[f"virtual_{partition}"] = print_table(
-            f"virtual time, {partition} split, {args.updates} updates, K = 10", table
-        )
+        for updates in horizons:
+            table = virtual_table(partition, updates)
+            results[f"virtual_{partition}_{updates}"] = print_table(
+                f"virtual time, {partition} split, {updates} updates, K = 10", table
+            )
     if args.bus:
         table = bus_table(args.seconds)
         results["bus"] = print_table(

@@ -94,7 +94,7 @@ def test_secure_demo_with_byzantine_nodes_reaches_target_in_robust_mode(tmp_path
         "--trim-beta",
         "0.2",
         "--adaptive-clip",
-        "1.0",
+        "0.5",
     )
     assert len(summary["malicious_nodes"]) == 4
     assert summary["reached_target"] and summary["best_accuracy"] >= 0.93
