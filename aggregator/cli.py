@@ -14,6 +14,7 @@ from fedbus.aggregator.buffer import AggregationConfig, AggregationMode, Buffere
 from fedbus.aggregator.checkpoint import CheckpointError
 from fedbus.aggregator.core import AggregatorCore
 from fedbus.aggregator.daemon import AggregatorDaemon, DaemonSettings
+from fedbus.aggregator.event_log import EVENT_LOG_FILE
 from fedbus.aggregator.journal import JournalError
 from fedbus.aggregator.robust import PrivacySettings, RobustSettings, Rule, privacy_from_flags
 from fedbus.aggregator.server_optimizer import OptimizerSettings, ServerOptimizer
@@ -187,6 +188,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="ID",
         help="enrolled node id (repeat); default: any valid id",
     )
+    seen = parser.add_argument_group("observability")
+    seen.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://0.0.0.0:PORT/metrics",
+    )
+    seen.add_argument(
+        "--event-log",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="JSON-lines event log (default: events.jsonl in --state-dir; '-' for none)",
+    )
     durability = parser.add_argument_group("durability")
     durability.add_argument(
         "--state-dir",
@@ -332,8 +348,16 @@ def state_dir_of(args: argparse.Namespace) -> Path:
     return Path(args.state_dir or default_state_dir(topics.fleet))
 
 
+def _event_log_path(flag: Path | None, state_dir: Path) -> Path | None:
+    if flag is None:
+        return state_dir / EVENT_LOG_FILE
+    return None if str(flag) == "-" else flag
+
+
 def build_daemon(args: argparse.Namespace) -> AggregatorDaemon:
     address, topics = bus_from_args(args)
+    if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
+        raise ConfigError(f"--metrics-port: {args.metrics_port} is not a TCP port")
     if args.checkpoint_every < 1:
         raise ConfigError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
     if args.keep_checkpoints is not None and args.keep_checkpoints < 1:
@@ -363,6 +387,8 @@ def build_daemon(args: argparse.Namespace) -> AggregatorDaemon:
         flush_after=args.flush_after,
         checkpoint_every=args.checkpoint_every,
         node_keys=args.node_keys,
+        event_log=_event_log_path(args.event_log, state_dir),
+        metrics_port=args.metrics_port,
     )
     return AggregatorDaemon(core, settings, store)
 

@@ -69,6 +69,8 @@ class Outcome:
 
     ack: AckMessage
     model_changed: bool
+    #: Versions behind the model when accepted (None for a rejection or a duplicate).
+    staleness: int | None = None
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,7 @@ class AggregatorCore:
         self.counters.staleness[checked.staleness] += 1
         ack = AckMessage(topic_node, message.seq, True, self.version)
         self.decisions[topic_node] = ack
-        return Outcome(ack, stepped)
+        return Outcome(ack, stepped, checked.staleness)
 
     def flush(self) -> bool:
         """Apply a partial buffer (deadline passed); True if the model moved."""

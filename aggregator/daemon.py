@@ -23,6 +23,8 @@ from pathlib import Path
 
 from fedbus.aggregator.buffer import BufferedAggregator
 from fedbus.aggregator.core import AggregatorCore
+from fedbus.aggregator.event_log import EventLog
+from fedbus.aggregator.metrics import AggregatorMetrics
 from fedbus.aggregator.store import AggregatorStore
 from fedbus.broker.accounts import AuthDir
 from fedbus.broker.client import BrokerAddress, BusClient, LastWill, Received
@@ -48,6 +50,10 @@ class DaemonSettings:
     max_batch: int = 256
     #: The enrolled nodes' keys (fedbus broker add-node); reread when it changes.
     node_keys: Path | None = None
+    #: JSON-lines event log (fedbus.aggregator.event_log); None: none.
+    event_log: Path | None = None
+    #: Serve Prometheus metrics on this port; None: not served.
+    metrics_port: int | None = None
 
 
 def robust_counters(aggregator: BufferedAggregator) -> dict[str, float]:
@@ -92,6 +98,12 @@ class AggregatorDaemon:
         self._status_dirty = True
         self._buffer_since: float | None = time.monotonic() if core.aggregator.buffered else None
         self._normalization_due = False
+        self.events = None if settings.event_log is None else EventLog(settings.event_log)
+        self.metrics: AggregatorMetrics | None = None
+        if settings.metrics_port is not None:
+            self.metrics = AggregatorMetrics()
+            self.metrics.serve(settings.metrics_port)
+            log.info("Prometheus metrics on port %d", settings.metrics_port)
         self.client = BusClient(
             f"fedbus-{self.topics.fleet}-aggregator",
             settings.address,
@@ -136,12 +148,24 @@ class AggregatorDaemon:
 
     def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         self.core.counters.bytes_out += len(payload)
+        if self.metrics is not None:
+            self.metrics.bytes_out.inc(len(payload))
         self.client.publish(topic, payload, qos=1, retain=retain)
 
     def publish_model(self) -> None:
         self._publish(self.topics.model, encode(self.core.model_message()), retain=True)
         self.core.counters.models_published += 1
         log.info("published model version %d", self.core.version)
+        if self.events is not None:
+            aggregator = self.core.aggregator
+            self.events.write(
+                "model",
+                version=self.core.version,
+                applied=aggregator.applied_updates,
+                buffered=aggregator.buffered,
+            )
+        if self.metrics is not None:
+            self.metrics.models.inc()
         self.publish_status()
 
     def publish_status(self, state: str = "running") -> None:
@@ -157,6 +181,10 @@ class AggregatorDaemon:
             self.client.subscribe(self.topics.all_nodes(Channel.STATS), qos=1)
         self.client.start()
         self.client.wait_connected(self.settings.connect_timeout)
+        if self.events is not None:
+            self.events.write(
+                "start", fleet=self.topics.fleet, version=self.core.version, mode=self._mode
+            )
         announced_connection = 0
         try:
             while not self.stopping.is_set():
@@ -172,6 +200,9 @@ class AggregatorDaemon:
                 self.store.close(self.core)
             self.publish_status("stopped")
             self.client.stop()
+            if self.events is not None:
+                self.events.write("stop", version=self.core.version)
+                self.events.close()
 
     def _reload_keys_if_changed(self) -> None:
         """Enrol nodes added (or drop nodes removed) since start, at most once a second."""
@@ -244,6 +275,7 @@ class AggregatorDaemon:
         if acks:
             self._status_dirty = True
         self.core.rejection_log.flush(now)
+        self._observe_state()
         if self._status_dirty and now >= self._status_due:
             self.publish_status()
             self._status_due = now + self.settings.status_interval
@@ -267,7 +299,25 @@ class AggregatorDaemon:
         outcome = self.core.handle_update(node, payload, now)
         if self.store is not None and outcome.ack.accepted and not outcome.ack.duplicate:
             self.store.log_accepted(node, payload)
+        if self.events is not None:
+            self.events.update(outcome.ack, outcome.staleness, len(payload))
+        if self.metrics is not None:
+            self.metrics.update(outcome.ack, outcome.staleness, len(payload), time.time())
         return outcome.ack, outcome.model_changed
+
+    def _observe_state(self) -> None:
+        """After each batch: event lines to disk, gauges to the current state."""
+        if self.events is not None:
+            self.events.flush()
+        if self.metrics is not None:
+            aggregator = self.core.aggregator
+            spent = aggregator.privacy_spent()
+            self.metrics.state(
+                self.core.version,
+                aggregator.buffered,
+                aggregator.config.buffer_size,
+                None if spent is None else spent.epsilon,
+            )
 
     def _maybe_flush(self, now: float) -> bool:
         deadline = self.settings.flush_after
@@ -279,6 +329,8 @@ class AggregatorDaemon:
         if self.store is not None:
             self.store.log_flush()
         log.info("deadline flush of a partial buffer")
+        if self.events is not None:
+            self.events.write("deadline_flush", version=self.core.version)
         return True
 
     def _maybe_checkpoint(self) -> None:
@@ -287,3 +339,5 @@ class AggregatorDaemon:
         if self.core.version - self._checkpointed_version >= self.settings.checkpoint_every:
             self.store.checkpoint(self.core)
             self._checkpointed_version = self.core.version
+            if self.events is not None:
+                self.events.write("checkpoint", version=self.core.version)

@@ -19,6 +19,8 @@ COMMANDS = {
     "replay": ("fedbus.broker.replay_cli", "publish a .fbrec recording back to a broker"),
     "export": ("fedbus.node.export_cli", "write a node's or the fleet's model as a portable file"),
     "predict": ("fedbus.node.predict_cli", "predict for the rows of a CSV from a model file"),
+    "status": ("fedbus.broker.status_cli", "live view of a running fleet, from the bus alone"),
+    "report": ("fedbus.node.report_cli", "plots of a run from its event log and scores"),
 }
 
 

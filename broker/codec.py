@@ -189,6 +189,7 @@ def _body(message: Message) -> dict[str, Any]:
             "rows_raw": message.rows_raw,
             "rows_used": message.rows_used,
             "preprocess": {step: dict(counts) for step, counts in message.preprocess.items()},
+            **({"evaluation": dict(message.evaluation)} if message.evaluation else {}),
         }
     if isinstance(message, AggregatorStatus):
         return {
@@ -476,12 +477,18 @@ def _node_metrics(body: Mapping[str, Any], limits: DecodeLimits) -> NodeMetrics:
             isinstance(v, int) and not isinstance(v, bool) for v in counts.values()
         ):
             raise CodecError(f"node_metrics: step {step!r} must map counter names to integers")
+    evaluation = _optional(body, "evaluation", dict, "node_metrics") or {}
+    if not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in evaluation.values()
+    ):
+        raise CodecError("node_metrics: evaluation must map metric names to numbers")
     return NodeMetrics(
         node=required_field(body, "node", str, "node_metrics"),
         version=non_negative_field(body, "version", "node_metrics"),
         rows_raw=non_negative_field(body, "rows_raw", "node_metrics"),
         rows_used=non_negative_field(body, "rows_used", "node_metrics"),
         preprocess=steps,
+        evaluation={name: float(value) for name, value in evaluation.items()},
     )
 
 

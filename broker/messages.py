@@ -134,6 +134,9 @@ class Normalization:
         return len(self.count)
 
 
+#: Most metrics in a node_metrics evaluation map (docs/PROTOCOL.md 7.8).
+MAX_EVALUATION_METRICS = 16
+
 #: Most preprocessing steps a task may carry (docs/PROTOCOL.md 7.2).
 MAX_PREPROCESS_STEPS = 32
 
@@ -294,11 +297,18 @@ class NodeMetrics:
     rows_raw: int
     rows_used: int
     preprocess: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    #: The received model scored on the node's own prepared rows before it
+    #: trains (metric name -> value, e.g. accuracy and loss, or r2 and mse).
+    evaluation: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         validate_id(self.node)
         if min(self.version, self.rows_raw, self.rows_used) < 0:
             raise ProtocolError("node_metrics: version and row counts must be >= 0")
+        if len(self.evaluation) > MAX_EVALUATION_METRICS:
+            raise ProtocolError(
+                f"node_metrics: at most {MAX_EVALUATION_METRICS} evaluation metrics"
+            )
 
 
 Message = (

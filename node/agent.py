@@ -409,11 +409,13 @@ class EdgeNode:
         self.learner.set_weights(base)
         run = self.progress.runs + 1  # BENCH-TASK counts local runs k = 1, 2, ...
         self._publish_status(NodeState.TRAINING, model.version)
-        if data.report or data.rows_raw != len(data.y):
-            metrics = NodeMetrics(
-                self.node_id, model.version, data.rows_raw, len(data.y), data.report
-            )
-            self.client.publish(self.topics.metrics(self.node_id), encode(metrics), qos=0)
+        # The received model on this node's own rows, before training: how well
+        # the fleet's model fits here (`fedbus status` shows it per node).
+        evaluation = {k: float(v) for k, v in self.learner.evaluate(data.X, data.y).items()}
+        metrics = NodeMetrics(
+            self.node_id, model.version, data.rows_raw, len(data.y), data.report, evaluation
+        )
+        self.client.publish(self.topics.metrics(self.node_id), encode(metrics), qos=0)
         self.progress.last_preprocess = data.report
         loss = self.learner.fit(
             data.X,

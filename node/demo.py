@@ -11,7 +11,8 @@ free port, the aggregator as its own process (`python -m
 fedbus.aggregator`), the fleet as threads with one MQTT connection each, and
 an observer that scores every published model version on held-out rows. It
 stops at the target (or the time limit) and writes a run folder with
-summary.json, scores.csv and accuracy.png.
+summary.json, scores.csv, accuracy.png, the event log and the plots of
+`fedbus report` (staleness, bytes per update, contributions per node).
 
 Exit status: 0 when the target was reached, 3 when it was not, 1 when a part
 failed (broker, aggregator), 2 for a bad option.
@@ -31,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from fedbus.aggregator.event_log import EVENT_LOG_FILE
 from fedbus.aggregator.task_config import parse_hidden
 from fedbus.broker.cli_common import add_logging_arguments, setup_logging
 from fedbus.broker.client import BrokerAddress
@@ -45,6 +47,7 @@ from fedbus.node.demo_setup import DATASETS, DemoSetup, build_setup
 from fedbus.node.fleet import Fleet
 from fedbus.node.observer import ModelObserver, VersionScore
 from fedbus.node.report import plot_accuracy, write_scores_csv
+from fedbus.node.report_cli import report
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +191,8 @@ def _aggregator_command(
         str(args.staleness_a),
         "--state-dir",
         str(state_dir),
+        "--event-log",
+        str(run_dir / EVENT_LOG_FILE),
         "--log-json",
         "--log-level",
         "INFO",
@@ -321,8 +326,10 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             observer.poll(0.2)
             observer.stop()
     summary = _summary(args, setup, target, observer, fleet, reached, run_dir, security)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_scores_csv(observer.scores, run_dir / "scores.csv", setup.metric)
+    # The report's plots (staleness, bytes, contributions, metric against updates).
+    summary["report_plots"] = [Path(p).name for p in report(run_dir)["plots"]]
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     model = setup.learner + (f" {setup.hidden}" if setup.hidden else "")
     plot_accuracy(
         {args.mode: observer.scores},
@@ -430,7 +437,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"  codec {summary['codec']}: {summary['bytes_per_update']} bytes per update; "
         f"bytes up {summary['bytes_up']:,}, bytes down {summary['bytes_down']:,}"
     )
-    print(f"  run folder: {summary['run_dir']} (summary.json, scores.csv, accuracy.png)")
+    print(f"  run folder: {summary['run_dir']} (summary.json, scores.csv, events.jsonl, *.png)")
 
 
 def main(argv: list[str] | None = None) -> int:
