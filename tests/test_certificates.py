@@ -425,9 +425,18 @@ def _tls_broker(factory: BrokerFactory, ca_dir: Path, *extra: str) -> ManagedBro
     return factory(extra_lines=[*broker_tls_lines(files), *extra])
 
 
-def _broker_log(broker: ManagedBroker) -> str:
-    """The broker's log, where OpenSSL says why it dropped a connection."""
-    return broker.log_path.read_text(encoding="utf-8", errors="replace")
+def _broker_log(broker: ManagedBroker, expected: str) -> str:
+    """The broker's log, where OpenSSL says why it dropped a connection.
+
+    The client can see the connection drop before mosquitto has written its
+    log line, so this waits (up to the timeout) for `expected` to appear.
+    """
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        text = broker.log_path.read_text(encoding="utf-8", errors="replace")
+        if expected in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.02)
 
 
 @pytest.mark.broker
@@ -459,7 +468,7 @@ def test_client_without_a_certificate_is_refused(
     with pytest.raises(_RefusedError):
         _Client(broker, files, client_cert=False)
 
-    assert "did not return a certificate" in _broker_log(broker)
+    assert "did not return a certificate" in _broker_log(broker, "did not return a certificate")
 
 
 @pytest.mark.broker
@@ -475,7 +484,7 @@ def test_client_with_a_certificate_from_another_ca_is_refused(
     with pytest.raises(_RefusedError):
         _Client(broker, files)
 
-    assert "certificate verify failed" in _broker_log(broker)
+    assert "certificate verify failed" in _broker_log(broker, "certificate verify failed")
 
 
 @pytest.mark.broker
@@ -509,7 +518,7 @@ def test_plain_tcp_client_to_the_tls_listener_is_refused(
     with pytest.raises(_RefusedError):
         _Client(broker, None)
 
-    assert "wrong version number" in _broker_log(broker)
+    assert "wrong version number" in _broker_log(broker, "wrong version number")
 
 
 @pytest.mark.broker
