@@ -34,7 +34,7 @@ answer, so its checkpointed state restores the same epsilon bit for bit.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from fedbus.broker.errors import ConfigError
@@ -148,6 +148,29 @@ def gaussian_delta(epsilon: float, mu: float) -> float:
     return min(1.0, max(0.0, delta))
 
 
+def _bracket_and_bisect(below: Callable[[float], bool], first: float) -> tuple[float, float]:
+    """(lo, hi) around where the monotone test `below` turns false, for x >= 0.
+
+    `below(x)` must be true for small x and false from some point on. The
+    bracket starts at [0, first], doubles until `below(hi)` is false, then
+    bisects to ~1e-12 relative or until lo and hi are adjacent doubles.
+    """
+    lo, hi = 0.0, first
+    while below(hi):
+        lo, hi = hi, 2.0 * hi
+    for _ in range(_MAX_BISECTIONS):
+        if hi - lo <= _RELATIVE_TOLERANCE * hi:
+            break
+        mid = 0.5 * (lo + hi)
+        if mid <= lo or mid >= hi:
+            break  # adjacent doubles: nothing left to split
+        if below(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo, hi
+
+
 def gaussian_epsilon(delta: float, mu: float) -> float:
     """The smallest epsilon with (epsilon, delta)-DP under mu-GDP.
 
@@ -163,19 +186,7 @@ def gaussian_epsilon(delta: float, mu: float) -> float:
         return math.inf
     if gaussian_delta(0.0, mu) <= delta:
         return 0.0
-    lo, hi = 0.0, 1e-6
-    while gaussian_delta(hi, mu) > delta:
-        lo, hi = hi, 2.0 * hi
-    for _ in range(_MAX_BISECTIONS):
-        if hi - lo <= _RELATIVE_TOLERANCE * hi:
-            break
-        mid = 0.5 * (lo + hi)
-        if mid <= lo or mid >= hi:
-            break  # adjacent doubles: nothing left to split
-        if gaussian_delta(mid, mu) > delta:
-            lo = mid
-        else:
-            hi = mid
+    _, hi = _bracket_and_bisect(lambda eps: gaussian_delta(eps, mu) > delta, 1e-6)
     return hi
 
 
@@ -246,19 +257,8 @@ def calibrate_noise_multiplier(epsilon: float, delta: float, steps: int) -> floa
     _check_delta(delta)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"steps must be an integer >= 1, got {steps!r}")
-    lo, hi = 0.0, 1.0  # delta(epsilon, 0) = 0 <= delta: lo is always admissible
-    while gaussian_delta(epsilon, hi) <= delta:
-        lo, hi = hi, 2.0 * hi
-    for _ in range(_MAX_BISECTIONS):
-        if hi - lo <= _RELATIVE_TOLERANCE * hi:
-            break
-        mid = 0.5 * (lo + hi)
-        if mid <= lo or mid >= hi:
-            break
-        if gaussian_delta(epsilon, mid) <= delta:
-            lo = mid
-        else:
-            hi = mid
+    # delta(epsilon, 0) = 0 <= delta: mu = 0 is always admissible
+    lo, _ = _bracket_and_bisect(lambda mu: gaussian_delta(epsilon, mu) <= delta, 1.0)
     if lo == 0.0:
         raise ConfigError(f"no finite noise multiplier reaches epsilon={epsilon}, delta={delta}")
     noise_multiplier = math.sqrt(steps) / lo
