@@ -84,14 +84,49 @@ def segment_id(path: Path) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
-def _encode_entry(entry: JournalEntry) -> bytes:
-    body: dict[str, str | bytes] = {"k": entry.kind}
-    if entry.kind in _WITH_PAYLOAD:
-        body |= {"node": entry.node, "p": entry.payload}
-    packed: bytes = msgpack.packb(body, use_bin_type=True)
-    if len(packed) > MAX_ENTRY_BYTES:
-        raise JournalError(f"journal entry of {len(packed)} bytes exceeds {MAX_ENTRY_BYTES}")
-    return _RECORD_HEADER.pack(len(packed), zlib.crc32(packed)) + packed
+def _bin_header(length: int) -> bytes:
+    """The msgpack bin 8/16/32 header for `length` bytes.
+
+    msgpack-python's Packer writes no bare bin header, and packing the payload
+    itself would copy it; tests/test_journal_format.py holds the result to
+    msgpack's own encoding of the whole map.
+    """
+    if length < 1 << 8:
+        return struct.pack(">BB", 0xC4, length)
+    if length < 1 << 16:
+        return struct.pack(">BH", 0xC5, length)
+    return struct.pack(">BI", 0xC6, length)
+
+
+def _encode_entry(entry: JournalEntry) -> tuple[bytes, bytes]:
+    """(record header and entry head, payload): the record is their concatenation.
+
+    The bytes are those of the msgpack map {"k": kind, "node": node, "p":
+    payload} behind the length and CRC header, but the payload is never
+    copied: the CRC runs over the head and then the payload in place, and
+    the writer writes the two parts one after the other.
+    """
+    packer = msgpack.Packer(use_bin_type=True)
+    if entry.kind not in _WITH_PAYLOAD:
+        head, payload = packer.pack({"k": entry.kind}), b""
+    else:
+        payload = entry.payload
+        head = b"".join(
+            (
+                packer.pack_map_header(3),
+                packer.pack("k"),
+                packer.pack(entry.kind),
+                packer.pack("node"),
+                packer.pack(entry.node),
+                packer.pack("p"),
+                _bin_header(len(payload)),
+            )
+        )
+    length = len(head) + len(payload)
+    if length > MAX_ENTRY_BYTES:
+        raise JournalError(f"journal entry of {length} bytes exceeds {MAX_ENTRY_BYTES}")
+    crc = zlib.crc32(payload, zlib.crc32(head))
+    return _RECORD_HEADER.pack(length, crc) + head, payload
 
 
 def _decode_entry(body: bytes) -> JournalEntry:
@@ -166,7 +201,10 @@ class JournalWriter:
 
     def append(self, entry: JournalEntry) -> None:
         """Buffer one entry; it is durable only after the next `sync`."""
-        self._handle.write(_encode_entry(entry))
+        head, payload = _encode_entry(entry)
+        self._handle.write(head)
+        if payload:
+            self._handle.write(payload)
         self.entries += 1
         self.unsynced += 1
 

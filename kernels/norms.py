@@ -19,7 +19,7 @@ from numba import njit
 from fedbus.broker.errors import KernelInputError
 from fedbus.kernels.config import JIT_OPTIONS
 
-__all__ = ["clip_by_norm", "clip_within", "l2_norm"]
+__all__ = ["clip_by_norm", "clip_within", "l2_norm", "sum_of_squares"]
 
 
 _LANES = 16
@@ -67,6 +67,15 @@ def _vector(values: object, writeable: bool = False) -> np.ndarray:
     if writeable and not values.flags.writeable:
         raise KernelInputError("values must be writeable: clipping scales it in place")
     return values
+
+
+def sum_of_squares(values: np.ndarray) -> float:
+    """``sum(x**2)`` in float64 lanes (read-only input is fine; nothing is copied).
+
+    NaN or inf exactly when an element is: the square of a finite float32 is
+    finite in float64. What the aggregator checks updates with.
+    """
+    return float(_sum_of_squares_kernel(_vector(values)))
 
 
 def l2_norm(values: np.ndarray) -> float:
