@@ -5,6 +5,19 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+#: Staleness values at or above this share one histogram key, "<this>+", so the
+#: status map stays far below the decoders' 256-entry map limit.
+STALENESS_OPEN_BUCKET = 128
+
+
+def staleness_histogram(counts: Counter[int]) -> dict[str, int]:
+    """Accepted updates per staleness: exact keys below 128, then one "128+" key."""
+    out: dict[str, int] = {}
+    for staleness, n in sorted(counts.items()):
+        key = str(staleness) if staleness < STALENESS_OPEN_BUCKET else f"{STALENESS_OPEN_BUCKET}+"
+        out[key] = out.get(key, 0) + n
+    return out
+
 
 @dataclass
 class Counters:
@@ -32,7 +45,7 @@ class Counters:
             "rejected": self.rejected_total,
             "rejected_by_reason": dict(sorted(self.rejected.items())),
             "duplicates": self.duplicates,
-            "staleness_histogram": {str(s): n for s, n in sorted(self.staleness.items())},
+            "staleness_histogram": staleness_histogram(self.staleness),
             "bad_topics": self.bad_topics,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,

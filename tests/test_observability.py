@@ -203,3 +203,15 @@ def test_daemon_metrics_event_log_and_status_view(mosquitto_broker, tmp_path: Pa
     assert kinds[0] == "start" and kinds[-1] == "stop"
     assert kinds.count("update") == 4 and kinds.count("model") >= 2
     assert summarize(events)["rejected_by_reason"] == {"future_base": 1}
+
+
+def test_status_histogram_stays_decodable_however_stale_updates_get() -> None:
+    from collections import Counter
+
+    from fedbus.aggregator.counters import Counters
+    from fedbus.broker.codec import decode
+
+    counters = Counters(staleness=Counter({s: 1 for s in range(1000)}))
+    status = AggregatorStatus("running", 1000, "fedbuff", counters.as_dict())
+    histogram = decode(encode(status), AggregatorStatus).counters["staleness_histogram"]
+    assert len(histogram) == 129 and histogram["128+"] == 872 and histogram["127"] == 1
