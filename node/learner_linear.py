@@ -12,7 +12,6 @@ from fedbus.node.learner_metrics import regression_metrics
 from fedbus.node.learner_weights import (
     LinearWeights,
     TaskKind,
-    check_epochs,
 )
 
 __all__ = ["LinearRegression"]
@@ -44,27 +43,12 @@ class LinearRegression(LinearWeights):
         self.n_outputs = n_outputs
         super().__init__(n_features, n_outputs)
 
-    def fit(
-        self,
-        X: np.ndarray,
-        y: np.ndarray,
-        *,
-        epochs: int,
-        batch_size: int,
-        lr: float,
-        rng: np.random.Generator,
+    def _epoch(
+        self, X: np.ndarray, y: np.ndarray, batch_size: int, lr: float, rng: np.random.Generator
     ) -> float:
-        """Run ``epochs`` epochs of minibatch SGD; return the last epoch's mean batch MSE.
-
-        Each epoch visits the rows in ``rng.permutation(len(X))`` (drawn by the
-        kernel), so the caller's generator alone decides the order. X and y are
-        only read. The kernel's batch loss is half the squared error summed
-        over outputs; it is rescaled to the MSE that ``evaluate`` reports.
-        """
-        check_epochs(epochs)
-        half_loss = 0.0
-        for _ in range(epochs):
-            half_loss = linear_sgd_epoch(X, y, self._W, self._b, batch_size, lr, rng)
+        """The kernel's batch loss is half the squared error summed over outputs;
+        it is rescaled to the MSE that ``evaluate`` reports."""
+        half_loss = linear_sgd_epoch(X, y, self._W, self._b, batch_size, lr, rng)
         return 2.0 * half_loss / self.n_outputs
 
     def predict(self, X: np.ndarray) -> np.ndarray:

@@ -15,7 +15,6 @@ from fedbus.node.learner_metrics import accuracy
 from fedbus.node.learner_weights import (
     LinearWeights,
     TaskKind,
-    check_epochs,
 )
 
 __all__ = ["LogisticRegression"]
@@ -38,27 +37,11 @@ class LogisticRegression(LinearWeights):
         self.n_features = n_features
         super().__init__(n_features, 1)
 
-    def fit(
-        self,
-        X: np.ndarray,
-        y: np.ndarray,
-        *,
-        epochs: int,
-        batch_size: int,
-        lr: float,
-        rng: np.random.Generator,
+    def _epoch(
+        self, X: np.ndarray, y: np.ndarray, batch_size: int, lr: float, rng: np.random.Generator
     ) -> float:
-        """Run ``epochs`` epochs of minibatch SGD on the mean log-loss.
-
-        Each epoch visits the rows in ``rng.permutation(len(X))`` (drawn by the
-        kernel), so the caller's generator alone decides the order. X and y are
-        only read. Returns the last epoch's mean batch loss.
-        """
-        check_epochs(epochs)
-        loss = 0.0
-        for _ in range(epochs):
-            loss = logistic_sgd_epoch(X, y, self._W, self._b, batch_size, lr, rng)
-        return loss
+        """One epoch on the mean log-loss (the kernel draws the permutation)."""
+        return logistic_sgd_epoch(X, y, self._W, self._b, batch_size, lr, rng)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """``P(y = 1)`` of each row, (rows,) float32."""

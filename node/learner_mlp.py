@@ -15,7 +15,6 @@ from fedbus.node.learner_metrics import accuracy
 from fedbus.node.learner_weights import (
     HeldWeights,
     TaskKind,
-    check_epochs,
 )
 
 __all__ = ["MLPClassifier"]
@@ -54,28 +53,11 @@ class MLPClassifier(HeldWeights):
         count = len(self._weights) // 2
         return [(self._weights[f"W{i}"], self._weights[f"b{i}"]) for i in range(1, count + 1)]
 
-    def fit(
-        self,
-        X: np.ndarray,
-        y: np.ndarray,
-        *,
-        epochs: int,
-        batch_size: int,
-        lr: float,
-        rng: np.random.Generator,
+    def _epoch(
+        self, X: np.ndarray, y: np.ndarray, batch_size: int, lr: float, rng: np.random.Generator
     ) -> float:
-        """Run ``epochs`` epochs of minibatch SGD with backpropagation.
-
-        Each epoch visits the rows in ``rng.permutation(len(X))`` (drawn by the
-        kernel), so the caller's generator alone decides the order. X and y are
-        only read. Returns the last epoch's mean batch loss.
-        """
-        check_epochs(epochs)
-        layers = self._layers()
-        loss = 0.0
-        for _ in range(epochs):
-            loss = mlp_sgd_epoch(X, y, layers, batch_size, lr, rng)
-        return loss
+        """One epoch of SGD with backpropagation (the kernel draws the permutation)."""
+        return mlp_sgd_epoch(X, y, self._layers(), batch_size, lr, rng)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities, (rows, n_classes) float32."""

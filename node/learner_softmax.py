@@ -15,7 +15,6 @@ from fedbus.node.learner_metrics import accuracy
 from fedbus.node.learner_weights import (
     LinearWeights,
     TaskKind,
-    check_epochs,
 )
 
 __all__ = ["SoftmaxRegression"]
@@ -42,28 +41,12 @@ class SoftmaxRegression(LinearWeights):
         self.n_classes = n_classes
         super().__init__(n_features, n_classes)
 
-    def fit(
-        self,
-        X: np.ndarray,
-        y: np.ndarray,
-        *,
-        epochs: int,
-        batch_size: int,
-        lr: float,
-        rng: np.random.Generator,
+    def _epoch(
+        self, X: np.ndarray, y: np.ndarray, batch_size: int, lr: float, rng: np.random.Generator
     ) -> float:
-        """Run ``epochs`` epochs of minibatch SGD on the mean cross-entropy.
-
-        Each epoch visits the rows in ``rng.permutation(len(X))``, so the caller's
-        generator alone decides the order and a run can be replayed. X and y are
-        only read. Returns the last epoch's mean batch loss.
-        """
-        check_epochs(epochs)
-        loss = 0.0
-        for _ in range(epochs):
-            order = rng.permutation(len(X)).astype(np.int64, copy=False)
-            loss = softmax_sgd_epoch(X, y, self._W, self._b, order, batch_size, lr)
-        return loss
+        """One epoch on the mean cross-entropy, rows in ``rng.permutation(len(X))``."""
+        order = rng.permutation(len(X)).astype(np.int64, copy=False)
+        return softmax_sgd_epoch(X, y, self._W, self._b, order, batch_size, lr)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities, (rows, n_classes) float32."""

@@ -98,6 +98,34 @@ class HeldWeights:
         """
         self._weights = checked_copies(weights, self._spec)
 
+    def fit(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        rng: np.random.Generator,
+    ) -> float:
+        """Run ``epochs`` epochs of minibatch SGD in place; return the last epoch's mean loss.
+
+        Each epoch visits the rows in ``rng.permutation(len(X))``, so the
+        caller's generator alone decides the order and a run can be replayed.
+        X and y are only read. The model's own ``_epoch`` runs its kernel.
+        """
+        check_epochs(epochs)
+        loss = 0.0
+        for _ in range(epochs):
+            loss = self._epoch(X, y, batch_size, lr, rng)
+        return loss
+
+    def _epoch(
+        self, X: np.ndarray, y: np.ndarray, batch_size: int, lr: float, rng: np.random.Generator
+    ) -> float:
+        """One epoch of the model's SGD kernel; the mean batch loss in ``evaluate``'s unit."""
+        raise NotImplementedError
+
 
 class LinearWeights(HeldWeights):
     """``W`` (n_features, n_outputs) and ``b`` (n_outputs,), starting at zero.
