@@ -7,7 +7,6 @@ import dataclasses
 import json
 import logging
 import os
-import secrets
 from pathlib import Path
 
 from fedbus.aggregator.buffer import AggregationConfig, AggregationMode, BufferedAggregator
@@ -16,7 +15,12 @@ from fedbus.aggregator.core import AggregatorCore
 from fedbus.aggregator.daemon import AggregatorDaemon, DaemonSettings
 from fedbus.aggregator.event_log import EVENT_LOG_FILE
 from fedbus.aggregator.journal import JournalError
-from fedbus.aggregator.robust import PrivacySettings, RobustSettings, Rule, privacy_from_flags
+from fedbus.aggregator.robust_cli import (
+    add_robust_arguments,
+    noise_seed,
+    privacy_settings,
+    robust_settings,
+)
 from fedbus.aggregator.server_optimizer import OptimizerSettings, ServerOptimizer
 from fedbus.aggregator.staleness import StalenessKind, StalenessWeighting
 from fedbus.aggregator.store import AggregatorStore, audit_history
@@ -30,7 +34,6 @@ from fedbus.broker.cli_common import (
     setup_logging,
     stop_on_signals,
 )
-from fedbus.broker.durable_files import write_atomically
 from fedbus.broker.errors import ConfigError, ProtocolError
 from fedbus.broker.layouts import LEARNERS, initial_weights
 from fedbus.broker.topics import validate_id
@@ -131,48 +134,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="L2",
         help="reject updates whose delta has a larger L2 norm (default: no bound)",
     )
-    robust = parser.add_argument_group("robustness and privacy")
-    robust.add_argument(
-        "--robust",
-        choices=[r.value for r in Rule],
-        default="mean",
-        help="how a step combines its updates, one row per node: mean (FedBuff), "
-        "coordinate-wise median or trimmed mean (default %(default)s)",
-    )
-    robust.add_argument(
-        "--trim-beta",
-        type=float,
-        default=0.1,
-        help="trimmed mean: fraction dropped at each end per coordinate (default %(default)s)",
-    )
-    robust.add_argument(
-        "--clip-norm",
-        type=float,
-        default=None,
-        metavar="L2",
-        help="scale every update down to at most this L2 norm",
-    )
-    robust.add_argument(
-        "--adaptive-clip",
-        type=float,
-        default=None,
-        metavar="MULTIPLE",
-        help="scale every update down to MULTIPLE x the median norm of the last 50",
-    )
-    robust.add_argument(
-        "--dp-noise-multiplier",
-        type=float,
-        default=None,
-        metavar="Z",
-        help="central differential privacy: Gaussian noise of std Z x --dp-clip on each "
-        "step's sum; epsilon is reported in aggregator/status",
-    )
-    robust.add_argument(
-        "--dp-clip", type=float, default=None, metavar="L2", help="DP: per-node bound per step"
-    )
-    robust.add_argument(
-        "--dp-delta", type=float, default=1e-5, help="DP: the delta epsilon is reported at"
-    )
+    add_robust_arguments(parser)
     agg.add_argument(
         "--node-keys",
         type=Path,
@@ -239,35 +201,6 @@ def default_state_dir(fleet: str) -> Path:
     """Where an aggregator keeps its state unless told otherwise (XDG base dirs)."""
     root = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
     return Path(root) / "fedbus" / fleet / "aggregator"
-
-
-def robust_settings(args: argparse.Namespace) -> RobustSettings:
-    return RobustSettings(
-        rule=Rule(args.robust),
-        trim_beta=args.trim_beta,
-        clip_norm=args.clip_norm,
-        adaptive_clip=args.adaptive_clip,
-    )
-
-
-def privacy_settings(args: argparse.Namespace) -> PrivacySettings | None:
-    return privacy_from_flags(args.dp_clip, args.dp_noise_multiplier, args.dp_delta)
-
-
-def noise_seed(state_dir: Path) -> int:
-    """The DP noise seed of this state dir, made once from the OS's randomness.
-
-    Secret (mode 0600): whoever knows it can subtract the noise. Kept beside
-    the journal so a restart replays the same noise.
-    """
-    path = state_dir / "dp-noise.seed"
-    if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, f"{secrets.randbits(128)}\n".encode(), mode=0o600)
-    try:
-        return int(path.read_text().strip())
-    except ValueError:
-        raise ConfigError(f"{path}: not a noise seed") from None
 
 
 def aggregation_config(args: argparse.Namespace) -> AggregationConfig:

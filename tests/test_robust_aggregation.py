@@ -136,9 +136,7 @@ def test_dp_accountant_reports_the_exact_gaussian_epsilon_of_the_steps() -> None
 
 def test_dp_needs_the_mean_rule() -> None:
     with pytest.raises(ConfigError, match="mean rule"):
-        _aggregator(
-            robust=RobustSettings(rule=Rule.MEDIAN), privacy=PrivacySettings(1.0, 1.0)
-        )
+        _aggregator(robust=RobustSettings(rule=Rule.MEDIAN), privacy=PrivacySettings(1.0, 1.0))
 
 
 def test_row_buffer_survives_a_checkpoint() -> None:
@@ -177,3 +175,33 @@ def test_wire_tensors_decode_straight_into_rows() -> None:
     agg.add("n", tensors, 0, 1)
     assert agg.rows is not None
     np.testing.assert_array_equal(agg.rows.rows["n"], flat)
+
+
+def test_aggregator_flags_build_robust_and_dp_settings_and_a_private_seed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import argparse
+    import stat
+
+    from fedbus.aggregator.cli import aggregation_config, configure_parser
+    from fedbus.aggregator.robust_cli import noise_seed
+
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    config = aggregation_config(
+        parser.parse_args(["--dp-clip", "1", "--dp-noise-multiplier", "1.5"])
+    )
+    assert config.privacy == PrivacySettings(1.0, 1.5, 1e-5)
+    robust = aggregation_config(
+        parser.parse_args(["--robust", "trimmed", "--trim-beta", "0.2", "--adaptive-clip", "0.5"])
+    ).robust
+    assert robust == RobustSettings(rule=Rule.TRIMMED, trim_beta=0.2, adaptive_clip=0.5)
+    with pytest.raises(ConfigError, match="go together"):
+        aggregation_config(parser.parse_args(["--dp-clip", "1"]))
+    with pytest.raises(ConfigError, match="mean rule"):
+        aggregation_config(
+            parser.parse_args(
+                ["--robust", "median", "--dp-clip", "1", "--dp-noise-multiplier", "1"]
+            )
+        )
+    seed = noise_seed(tmp_path)
+    assert noise_seed(tmp_path) == seed  # made once, then reused across restarts
+    assert stat.S_IMODE((tmp_path / "dp-noise.seed").stat().st_mode) == 0o600
