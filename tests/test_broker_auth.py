@@ -282,3 +282,50 @@ def test_the_shipped_configs_tls_block_works_when_uncommented(  # type: ignore[n
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+@pytest.mark.broker
+def test_init_tls_then_a_node_logs_in_with_its_credentials_folder(  # type: ignore[no-untyped-def]
+    tmp_path: Path, broker_factory
+) -> None:
+    """The path a deployment takes: add-node, init-tls, broker --tls, node --credentials --tls."""
+    import argparse
+
+    from fedbus.broker.cli_common import add_bus_arguments, bus_from_args
+    from fedbus.broker.client import BusClient
+    from fedbus.broker.serve import security_lines
+
+    folder = tmp_path / "auth"
+    assert broker_main(["add-node", "node-a", "--auth-dir", str(folder)]) == 0
+    assert broker_main(["init-tls", "--auth-dir", str(folder)]) == 0
+    assert broker_main(["add-node", "node-b", "--auth-dir", str(folder)]) == 0  # after the CA
+    for name in ("node-a", "node-b", AGGREGATOR_ACCOUNT):
+        assert (folder / "credentials" / name / "client.crt").is_file()
+    broker = broker_factory(extra_lines=security_lines(folder, tls=True))
+    parser = argparse.ArgumentParser()
+    add_bus_arguments(parser)
+
+    def address(name: str, *flags: str):  # type: ignore[no-untyped-def]
+        args = parser.parse_args(
+            ["--port", str(broker.port), "--credentials", str(folder / "credentials" / name)]
+            + list(flags)
+        )
+        return bus_from_args(args)[0]
+
+    reader = BusClient("r", address(AGGREGATOR_ACCOUNT, "--tls"), persistent_session=False)
+    reader.subscribe(TOPICS.all_nodes(Channel.UPDATE), qos=1)
+    node = BusClient("n", address("node-b", "--tls"), persistent_session=False)
+    try:
+        reader.start()
+        node.start()
+        reader.wait_connected(10)
+        reader.wait_subscribed(10)
+        node.wait_connected(10)
+        node.publish(TOPICS.update("node-b"), b"over tls, as node-b", qos=1)
+        node.publish(TOPICS.update("node-a"), b"as someone else", qos=1)
+        received = reader.receive(5)
+        assert received is not None and received.payload == b"over tls, as node-b"
+        assert reader.receive(0.5) is None
+    finally:
+        node.stop()
+        reader.stop()
