@@ -33,6 +33,7 @@ from fedbus.broker.messages import (
     RejectReason,
     TrainingTask,
 )
+from fedbus.broker.signing import verify_stats
 from fedbus.broker.tensors import encode_weights
 from fedbus.broker.topics import DEFAULT_FLEET
 
@@ -143,12 +144,18 @@ class AggregatorCore:
             enrolled = self.known_nodes is None or topic_node in self.known_nodes
             if not (enrolled or replaying):
                 raise ProtocolError(f"node {topic_node!r} is not enrolled")
+            if self.verify_keys is not None and not replaying:
+                key = self.verify_keys.get(topic_node)
+                if key is None or not verify_stats(key, self.fleet, stats):
+                    raise ProtocolError(f"statistics of {topic_node!r} are not signed by its key")
             complete = self.stats_pool.add(stats)
         except (CodecError, ProtocolError) as exc:
             self.counters.stats_rejected += 1
-            self.rejection_log.log(
-                "bad_stats", now, "refused statistics from %s: %s", topic_node, exc
-            )
+            message = "refused statistics from %s: %s"
+            if now is None:
+                log.info(message, topic_node, exc)
+            else:
+                self.rejection_log.log("bad_stats", now, message, topic_node, exc)
             return StatsOutcome(pooled=False, complete=False)
         self.counters.stats_accepted += 1
         if complete:

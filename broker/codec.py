@@ -180,6 +180,7 @@ def _body(message: Message) -> dict[str, Any]:
             "sum_sq": _f64_bytes(message.total_sq),
             "min": _f64_bytes(message.minimum),
             "max": _f64_bytes(message.maximum),
+            **({} if message.signature is None else {"sig": message.signature}),
         }
     if isinstance(message, NodeMetrics):
         return {
@@ -396,6 +397,7 @@ def _stats(body: Mapping[str, Any], limits: DecodeLimits) -> FeatureStatistics:
         total_sq=tuple(_vector(body, "sum_sq", "<f8", n, "stats").tolist()),
         minimum=tuple(_vector(body, "min", "<f8", n, "stats").tolist()),
         maximum=tuple(_vector(body, "max", "<f8", n, "stats").tolist()),
+        signature=_optional(body, "sig", bytes, "stats"),
     )
 
 

@@ -87,9 +87,13 @@ class FeatureStatistics:
     total_sq: tuple[float, ...]
     minimum: tuple[float, ...]
     maximum: tuple[float, ...]
+    #: Ed25519 signature over the statistics' digest (fedbus.broker.signing), or None.
+    signature: bytes | None = None
 
     def __post_init__(self) -> None:
         validate_id(self.node)
+        if self.signature is not None and len(self.signature) != SIGNATURE_LENGTH:
+            raise ProtocolError(f"stats: sig must be {SIGNATURE_LENGTH} bytes")
         _same_length("stats", self.count, self.total, self.total_sq, self.minimum, self.maximum)
         if any(c < 0 for c in self.count):
             raise ProtocolError("stats: counts must be >= 0")

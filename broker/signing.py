@@ -1,4 +1,4 @@
-"""Ed25519 signatures on updates (docs/PROTOCOL.md section 17).
+"""Ed25519 signatures on updates and feature statistics (docs/PROTOCOL.md section 17).
 
 The broker's ACL stops node A from publishing on node B's topic, but only on
 a broker that is configured right; a bridged or misconfigured broker, or a
@@ -12,7 +12,9 @@ same map differently, and a small device should be able to compute the
 digest from its own fields without re-encoding anything. The digest covers
 the fleet (an update for one fleet is worthless in another), node, seq,
 base version, sample count, train loss and every byte of every tensor; the
-signature is Ed25519 over the 64-byte digest.
+signature is Ed25519 over the 64-byte digest. A node's feature statistics
+(`stats`), which set the normalization every node trains with, are signed
+the same way over their own digest.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import hashlib
 import struct
 from pathlib import Path
 
+import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
@@ -34,11 +37,12 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from fedbus.broker.errors import ConfigError
-from fedbus.broker.messages import UpdateMessage
+from fedbus.broker.messages import FeatureStatistics, UpdateMessage
 from fedbus.broker.tensors import WireTensor
 
 #: First bytes of the digested stream; a new layout gets a new tag.
 DOMAIN_TAG = b"fedbus-update-signature-v1\x00"
+STATS_DOMAIN_TAG = b"fedbus-stats-signature-v1\x00"
 SIGNATURE_BYTES = 64
 PUBLIC_KEY_BYTES = 32
 SEED_BYTES = 32
@@ -99,13 +103,36 @@ def sign_update(key: Ed25519PrivateKey, fleet: str, message: UpdateMessage) -> b
 
 def verify_update(public_key: bytes, fleet: str, message: UpdateMessage) -> bool:
     """True when `message.signature` was made over this update by `public_key`'s owner."""
-    signature = message.signature
+    return _verify(public_key, message.signature, update_digest(fleet, message))
+
+
+def stats_digest(fleet: str, stats: FeatureStatistics) -> bytes:
+    """SHA-512 of a node's feature statistics in their wire layout (PROTOCOL 17.3).
+
+    The pooled normalization changes what every node trains on, so forged
+    statistics would bend the model as surely as a forged update.
+    """
+    digest = hashlib.sha512(STATS_DOMAIN_TAG)
+    digest.update(_text(fleet) + _text(stats.node) + struct.pack("<I", stats.n_features))
+    digest.update(np.asarray(stats.count, dtype="<u8").tobytes())
+    for vector in (stats.total, stats.total_sq, stats.minimum, stats.maximum):
+        digest.update(np.asarray(vector, dtype="<f8").tobytes())
+    return digest.digest()
+
+
+def sign_stats(key: Ed25519PrivateKey, fleet: str, stats: FeatureStatistics) -> bytes:
+    return key.sign(stats_digest(fleet, stats))
+
+
+def verify_stats(public_key: bytes, fleet: str, stats: FeatureStatistics) -> bool:
+    return _verify(public_key, stats.signature, stats_digest(fleet, stats))
+
+
+def _verify(public_key: bytes, signature: bytes | None, digest: bytes) -> bool:
     if signature is None or len(signature) != SIGNATURE_BYTES:
         return False
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(
-            signature, update_digest(fleet, message)
-        )
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, digest)
     except (InvalidSignature, ValueError):
         return False
     return True

@@ -44,7 +44,7 @@ from fedbus.broker.messages import (
     TrainingTask,
     UpdateMessage,
 )
-from fedbus.broker.signing import sign_update
+from fedbus.broker.signing import sign_stats, sign_update
 from fedbus.broker.tensors import decode_weights
 from fedbus.broker.topics import Channel, Topics
 from fedbus.kernels.warmup import warm_up
@@ -391,6 +391,9 @@ class EdgeNode:
             return None
         if isinstance(prepared, StatisticsNeeded):
             stats = node_statistics(self.node_id, prepared.cleaned)
+            if self.settings.signing_key is not None:
+                signature = sign_stats(self.settings.signing_key, self.topics.fleet, stats)
+                stats = replace(stats, signature=signature)
             self.client.publish(self.topics.stats(self.node_id), encode(stats), qos=1, retain=True)
             self._stats_sent_for = task
             log.info("%s: sent statistics of %d rows", self.node_id, len(prepared.cleaned.X))

@@ -300,3 +300,59 @@ def test_a_node_enrolled_while_the_aggregator_runs_is_accepted(  # type: ignore[
     finally:
         daemon.stopping.set()
         thread.join(10)
+
+
+# ------------------------------------------------------------------ feature statistics
+
+
+def _stats(node: str = "a", shift: float = 0.0, **kw):  # type: ignore[no-untyped-def]
+    from fedbus.broker.messages import FeatureStatistics
+
+    return FeatureStatistics(
+        node, (4, 4), (1.0 + shift, 2.0), (3.0, 4.0), (0.0, 0.0), (1.0, 2.0), **kw
+    )
+
+
+def _stats_core(keys: dict[str, bytes]) -> AggregatorCore:
+    from fedbus.aggregator.task_config import training_task
+
+    task = training_task(
+        name="t",
+        learner="linear",
+        n_features=2,
+        n_outputs=1,
+        features=("x", "y"),
+        preprocess=({"step": "standardize"},),
+    )
+    initial = {name: np.zeros(shape, np.float32) for name, shape in task.weight_shapes.items()}
+    return AggregatorCore(
+        task,
+        BufferedAggregator(AggregationConfig.fedbuff(2), initial),
+        verify_keys=keys,
+        fleet=FLEET,
+        stats_quorum=2,
+    )
+
+
+def test_statistics_must_be_signed_by_the_nodes_key_when_keys_are_enrolled() -> None:
+    from fedbus.broker.signing import sign_stats, stats_digest
+
+    key_a, key_b = new_signing_key(), new_signing_key()
+    core = _stats_core({"a": public_key_bytes(key_a), "b": public_key_bytes(key_b)})
+
+    def signed(stats, key):  # type: ignore[no-untyped-def]
+        return dataclasses.replace(stats, signature=sign_stats(key, FLEET, stats))
+
+    assert stats_digest(FLEET, _stats()) != stats_digest(FLEET, _stats(shift=1.0))
+    refused = [
+        _stats(),  # unsigned
+        signed(_stats("b"), key_a),  # b's statistics signed by a
+        dataclasses.replace(signed(_stats(), key_a), total=(99.0, 2.0)),  # altered after signing
+    ]
+    for stats in refused:
+        outcome = core.handle_stats(stats.node, encode(stats))
+        assert not outcome.pooled
+    assert core.counters.stats_rejected == 3 and core.task.normalization is None
+    assert core.handle_stats("a", encode(signed(_stats("a"), key_a))).pooled
+    assert core.handle_stats("b", encode(signed(_stats("b"), key_b))).complete
+    assert core.task.normalization is not None and core.task.normalization.nodes == 2
