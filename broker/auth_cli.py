@@ -37,7 +37,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="the fleet's auth directory (default %(default)s)",
     )
     parser.add_argument(
-        "--fleet", default="default", help="fleet id, used when the directory is created"
+        "--fleet",
+        default=None,
+        help="fleet id of a new directory (default: default); an existing one keeps its own",
     )
 
 
@@ -70,9 +72,16 @@ def _issue_cert_if_tls(auth: AuthDir, name: str) -> bool:
     return True
 
 
-def _add(args: argparse.Namespace, role: Role) -> int:
+def _open(args: argparse.Namespace) -> AuthDir:
+    """The auth dir, created for `--fleet` if new; a named fleet must match an existing one."""
     auth = AuthDir(args.auth_dir)
-    auth.initialize(args.fleet)
+    if args.fleet is not None or not auth.exists:
+        auth.initialize(args.fleet or "default")
+    return auth
+
+
+def _add(args: argparse.Namespace, role: Role) -> int:
+    auth = _open(args)
     account = auth.add(args.name, role)
     with_cert = _issue_cert_if_tls(auth, account.name)
     print(f"added {role.value} {account.name}; credentials in {auth.credentials_dir(account.name)}")
@@ -107,10 +116,9 @@ def _list(args: argparse.Namespace) -> int:
 def _init_tls(args: argparse.Namespace) -> int:
     from fedbus.broker.certificates import init_ca
 
-    auth = AuthDir(args.auth_dir)
-    auth.initialize(args.fleet)
+    auth = _open(args)
     hosts = tuple(args.broker_host or ("localhost", "127.0.0.1"))
-    broker = init_ca(auth.tls_dir, broker_hosts=hosts, days=args.days, fleet=args.fleet)
+    broker = init_ca(auth.tls_dir, broker_hosts=hosts, days=args.days, fleet=auth.fleet())
     issued = [a.name for a in auth.accounts() if _issue_cert_if_tls(auth, a.name)]
     print(f"CA and broker certificate in {auth.tls_dir} (broker: {broker.cert.name})")
     print(f"client certificates issued for {len(issued)} accounts: {', '.join(issued)}")

@@ -329,3 +329,13 @@ def test_init_tls_then_a_node_logs_in_with_its_credentials_folder(  # type: igno
     finally:
         node.stop()
         reader.stop()
+
+
+def test_cli_keeps_an_existing_directorys_fleet(tmp_path: Path) -> None:
+    folder = str(tmp_path / "auth")
+    assert broker_main(["add-node", "n1", "--auth-dir", folder, "--fleet", "plant-7"]) == 0
+    assert broker_main(["add-node", "n2", "--auth-dir", folder]) == 0  # no --fleet: kept
+    assert AuthDir(tmp_path / "auth").fleet() == "plant-7"
+    with pytest.raises(SystemExit) as exited:
+        broker_main(["add-node", "n3", "--auth-dir", folder, "--fleet", "other"])
+    assert exited.value.code == 2
