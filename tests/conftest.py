@@ -63,3 +63,20 @@ def mosquitto_broker() -> Iterator[ManagedBroker]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging() -> Iterator[None]:
+    """Undo `setup_logging` by commands run in-process (`cli.main([...])`).
+
+    It points the root logger at the sys.stderr of that moment, which pytest
+    closes after the test, and later tests' log calls would then fail with
+    "I/O operation on closed file" noise.
+    """
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

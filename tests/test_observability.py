@@ -148,6 +148,8 @@ def test_daemon_metrics_event_log_and_status_view(mosquitto_broker, tmp_path: Pa
     daemon = AggregatorDaemon(core, settings)
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
+    daemon.client.wait_connected(10)
+    daemon.client.wait_subscribed(10)
     status = subprocess.Popen(
         [
             sys.executable,

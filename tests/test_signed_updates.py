@@ -202,6 +202,9 @@ def _secured_aggregator(tmp_path: Path, broker_factory, *, store: bool = False):
     daemon = AggregatorDaemon(core, settings, durable)
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
+    # An update published before the broker has the daemon's subscription goes nowhere.
+    daemon.client.wait_connected(10)
+    daemon.client.wait_subscribed(10)
     return auth, broker, core, daemon, thread
 
 
