@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from fedbus.aggregator.buffer import AggregationConfig, BufferedAggregator
 from fedbus.aggregator.core import AggregatorCore
 from fedbus.aggregator.daemon import AggregatorDaemon, DaemonSettings
 from fedbus.aggregator.event_log import EventLog, read_events
+from fedbus.broker import status_cli
 from fedbus.broker.client import BrokerAddress, BusClient
 from fedbus.broker.codec import encode
 from fedbus.broker.fleet_view import FleetView
@@ -150,32 +152,20 @@ def test_daemon_metrics_event_log_and_status_view(mosquitto_broker, tmp_path: Pa
     thread.start()
     daemon.client.wait_connected(10)
     daemon.client.wait_subscribed(10)
-    status = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fedbus.broker.cli",
-            "status",
-            "--once",
-            "--json",
-            "--wait",
-            "4",
-            "--host",
-            address.host,
-            "--port",
-            str(address.port),
-            "--fleet",
-            TOPICS.fleet,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    # The status view's own pieces in-process, so the test knows when it is subscribed.
+    parser = argparse.ArgumentParser()
+    status_cli.configure_parser(parser)
+    bus_flags = ["--host", address.host, "--port", str(address.port), "--fleet", TOPICS.fleet]
+    watcher, view = status_cli._client(parser.parse_args(bus_flags))
+    watcher.start()
     client = BusClient("obs-node", address, persistent_session=False)
     client.start()
     try:
+        watcher.wait_connected(10)
+        watcher.wait_subscribed(10)
         client.wait_connected(10)
-        time.sleep(1.5)  # the status view is subscribed by now
-        client.publish(TOPICS.status("n1"), encode(NodeStatus("n1", NodeState.ONLINE, 0)), qos=1)
+        online = encode(NodeStatus("n1", NodeState.ONLINE, 0))
+        client.publish(TOPICS.status("n1"), online, qos=1, retain=True)
         for seq, node in enumerate(("n1", "n2", "n1"), start=1):
             client.publish(TOPICS.update(node), _update(node, seq), qos=1)
         client.publish(TOPICS.update("n2"), encode(UpdateMessage("n2", 9, 7, 10, ())), qos=1)
@@ -190,14 +180,33 @@ def test_daemon_metrics_event_log_and_status_view(mosquitto_broker, tmp_path: Pa
         assert metrics["fedbus_model_version"] == 1
         assert metrics["fedbus_update_staleness_count"] == 3
         assert metrics['fedbus_node_last_seen_timestamp_seconds{node="n2"}'] > 0
-        snapshot = json.loads(status.communicate(timeout=20)[0])
-        assert snapshot["aggregator"]["state"] == "running"
-        nodes = {n["node"]: n for n in snapshot["nodes"]}
+        status_cli._drain(watcher, view, time.monotonic() + 1.5)
+        nodes = {n["node"]: n for n in view.snapshot(time.monotonic())["nodes"]}
         assert nodes["n1"]["state"] == "online" and nodes["n1"]["updates"] == 2
         assert nodes["n2"]["rejected"] == 1 and nodes["n2"]["last_verdict"] == "future_base"
+        # The command as a script runs it: retained state arrives at once.
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fedbus.broker.cli",
+                "status",
+                "--once",
+                "--json",
+                "--wait",
+                "1",
+                *bus_flags,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        snapshot = json.loads(done.stdout)
+        assert snapshot["aggregator"]["state"] == "running"
+        assert snapshot["nodes_online"] == 1 and snapshot["nodes"][0]["node"] == "n1"
     finally:
         client.stop()
-        status.kill()
+        watcher.stop()
         daemon.stopping.set()
         thread.join(10)
     events = read_events(tmp_path / "events.jsonl")
