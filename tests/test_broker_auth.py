@@ -86,12 +86,22 @@ class _Client:
         return self.pubacks[info.mid]
 
     def subscribe(self, topic_filter: str) -> None:
+        """Subscribe and wait for the SUBACK: a publish after it reaches this client."""
+        subacked = threading.Event()
+        self.client.on_subscribe = lambda *args: subacked.set()
         self.client.subscribe(topic_filter, qos=1)
-        time.sleep(0.2)
+        assert subacked.wait(5), "no SUBACK"
 
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def _until(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 # --------------------------------------------------------------- pure parts
@@ -214,7 +224,7 @@ def test_node_cannot_publish_as_another_node_nor_the_model(auth: AuthDir, broker
         assert "Not authorized" in node_a.publish(TOPICS.ack("node-b"), b"forged ack")
         # The control: its own topic goes through, so the wait below is long enough.
         assert node_a.publish(TOPICS.update("node-a"), b"genuine") == "Success"
-        time.sleep(0.3)
+        _until(lambda: aggregator.messages and observer.messages)
         assert aggregator.messages == [(TOPICS.update("node-a"), b"genuine")]
         assert observer.messages == [(TOPICS.update("node-a"), b"genuine")]
         # Nor may a node read another node's update or publish anything as observer.
@@ -222,7 +232,8 @@ def test_node_cannot_publish_as_another_node_nor_the_model(auth: AuthDir, broker
         node_b.subscribe(TOPICS.update("node-a"))
         assert node_a.publish(TOPICS.update("node-a"), b"private") == "Success"
         assert "Not authorized" in observer.publish(TOPICS.model, b"x")
-        time.sleep(0.3)
+        _until(lambda: len(aggregator.messages) == 2)
+        time.sleep(0.2)
         assert node_b.messages == []
         node_b.close()
     finally:
@@ -239,12 +250,15 @@ def test_removed_node_is_locked_out_after_reload(auth: AuthDir, broker_factory) 
     before.close()
     auth.remove("node-b")
     broker.reload()
-    time.sleep(0.3)
-    after = _Client(broker.port, "node-b", password)
-    try:
-        assert not after.accepted
-    finally:
+    # mosquitto rereads the files when it handles the signal: try until it has.
+    deadline = time.monotonic() + 5
+    while True:
+        after = _Client(broker.port, "node-b", password)
         after.close()
+        if not after.accepted or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert not after.accepted
 
 
 @pytest.mark.broker
