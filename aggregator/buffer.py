@@ -118,6 +118,7 @@ class BufferedAggregator:
     noise_seed: int = 0
     #: Robust and DP modes: one row per node instead of the running sum.
     rows: RowBuffer | None = field(init=False)
+    _spent: PrivacySpent | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.weights = {k: np.array(v, dtype=np.float32) for k, v in self.weights.items()}
@@ -206,5 +207,9 @@ class BufferedAggregator:
         if privacy is None:
             return None
         steps = self.version
-        state = {"steps": steps, "mu_squared": steps / privacy.noise_multiplier**2}
-        return GaussianAccountant.from_state(state, privacy.delta).spent()
+        if self._spent is None or self._spent.steps != steps:
+            # A bisection each: status and gauges ask after every batch, the
+            # answer changes only with the version.
+            state = {"steps": steps, "mu_squared": steps / privacy.noise_multiplier**2}
+            self._spent = GaussianAccountant.from_state(state, privacy.delta).spent()
+        return self._spent

@@ -151,11 +151,9 @@ class AggregatorCore:
             complete = self.stats_pool.add(stats)
         except (CodecError, ProtocolError) as exc:
             self.counters.stats_rejected += 1
-            message = "refused statistics from %s: %s"
-            if now is None:
-                log.info(message, topic_node, exc)
-            else:
-                self.rejection_log.log("bad_stats", now, message, topic_node, exc)
+            self.rejection_log.log(
+                "bad_stats", now, "refused statistics from %s: %s", topic_node, exc
+            )
             return StatsOutcome(pooled=False, complete=False)
         self.counters.stats_accepted += 1
         if complete:
@@ -246,12 +244,14 @@ class AggregatorCore:
 
     def _reject(self, topic_node: str, rejection: Rejection, now: float | None) -> Outcome:
         self.counters.rejected[rejection.reason.value] += 1
-        message = "rejected update from %s: %s (%s)"
-        args = (topic_node, rejection.reason.value, rejection.detail[:200])
-        if now is None:
-            log.info(message, *args)
-        else:
-            self.rejection_log.log(rejection.reason.value, now, message, *args)
+        self.rejection_log.log(
+            rejection.reason.value,
+            now,
+            "rejected update from %s: %s (%s)",
+            topic_node,
+            rejection.reason.value,
+            rejection.detail[:200],
+        )
         ack = AckMessage(
             topic_node,
             rejection.seq,

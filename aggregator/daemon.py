@@ -25,6 +25,7 @@ from fedbus.aggregator.buffer import BufferedAggregator
 from fedbus.aggregator.core import AggregatorCore
 from fedbus.aggregator.event_log import EventLog
 from fedbus.aggregator.metrics import AggregatorMetrics
+from fedbus.aggregator.robust import Rule
 from fedbus.aggregator.store import AggregatorStore
 from fedbus.broker.accounts import AuthDir
 from fedbus.broker.client import BrokerAddress, BusClient, LastWill, Received
@@ -122,7 +123,7 @@ class AggregatorDaemon:
         """The mode and any robust or DP setting, e.g. "fedbuff+median+clip"."""
         config = self.core.aggregator.config
         parts = [config.mode.value]
-        if config.robust.rule.value != "mean":
+        if config.robust.rule is not Rule.MEAN:
             parts.append(config.robust.rule.value)
         if config.robust.clip_norm is not None or config.robust.adaptive_clip is not None:
             parts.append("clip")

@@ -29,6 +29,7 @@ from fedbus.broker.errors import (
 from fedbus.broker.messages import RejectReason, UpdateMessage
 from fedbus.broker.signing import verify_update
 from fedbus.broker.tensors import WireTensor, match_layout
+from fedbus.kernels.norms import sum_of_squares
 
 
 @dataclass(frozen=True)
@@ -73,33 +74,17 @@ class ValidationContext:
             raise ValueError(f"max_num_samples must be >= 1, got {self.max_num_samples}")
 
 
-def _sum_of_squares(values: np.ndarray) -> float:
-    """Sum of the squared elements in float64, read in place (no array-sized copy).
-
-    Each float32 square is exact in float64 and at most 1.2e77, so a sum of
-    fewer than 1e231 of them is finite: it is NaN or inf exactly when an
-    element is. float32 accumulation would overflow to inf for large finite
-    values (3e38 squared) and lose digits on large tensors.
-    """
-    flat = values.reshape(-1)
-    with np.errstate(invalid="ignore"):  # a signalling NaN raises the flag when widened
-        return float(np.einsum("i,i->", flat, flat, dtype=np.float64))
-
-
-def _tensor_sum_of_squares(tensor: WireTensor) -> float:
-    """Sum of squares of what `tensor` decodes to; NaN/inf if a value or scale is not finite.
-
-    Read in place for f32 values and from scales and codes for q8/q4: no
-    float32 copy of the update is made (tensors.WireTensor.sum_of_squares).
-    """
-    return tensor.sum_of_squares()
-
-
 def update_norm(delta: Mapping[str, np.ndarray | WireTensor]) -> float:
-    """L2 norm over all tensors, accumulated in float64; NaN or inf if an element is."""
+    """L2 norm over all tensors, accumulated in float64; NaN or inf if an element is.
+
+    Wire tensors are read in place (f32 values, or q8/q4 scales and codes);
+    float32 arrays go through the same float64-lanes kernel.
+    """
     return math.sqrt(
         sum(
-            _tensor_sum_of_squares(t) if isinstance(t, WireTensor) else _sum_of_squares(t)
+            t.sum_of_squares()
+            if isinstance(t, WireTensor)
+            else sum_of_squares(np.ascontiguousarray(t, dtype=np.float32).reshape(-1))
             for t in delta.values()
         )
     )
@@ -192,7 +177,7 @@ def validate_update(
         delta = match_layout(message.tensors, ctx.layout)
         total = 0.0
         for name, tensor in delta.items():
-            squares = _tensor_sum_of_squares(tensor)
+            squares = tensor.sum_of_squares()
             if not math.isfinite(squares):
                 return Rejection(RejectReason.NON_FINITE, f"tensor {name!r} holds NaN or Inf", seq)
             total += squares

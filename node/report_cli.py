@@ -93,7 +93,13 @@ def _applied_by_version(events: list[dict[str, Any]]) -> dict[int, int]:
     return {e["version"]: e["applied"] for e in events if e["event"] == "model"}
 
 
-def draw(run_dir: Path, events: list[dict[str, Any]], scores: list[dict[str, Any]]) -> list[Path]:
+def draw(
+    run_dir: Path,
+    events: list[dict[str, Any]],
+    scores: list[dict[str, Any]],
+    summary: dict[str, Any],
+) -> list[Path]:
+    """Write the report's PNGs from the events, the scores and `summarize(events)`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,7 +114,6 @@ def draw(run_dir: Path, events: list[dict[str, Any]], scores: list[dict[str, Any
         plt.close(fig)
         written.append(path)
 
-    summary = summarize(events)
     if scores:
         metric = scores[0]["metric"]
         label = "test accuracy" if metric == "accuracy" else f"test {metric}"
@@ -164,7 +169,7 @@ def report(run_dir: Path, events_path: Path | None = None) -> dict[str, Any]:
     scores_path = run_dir / SCORES_FILE
     scores = read_scores(scores_path) if scores_path.is_file() else []
     summary = summarize(events)
-    summary["plots"] = [str(p) for p in draw(run_dir, events, scores)]
+    summary["plots"] = [str(p) for p in draw(run_dir, events, scores, summary)]
     return summary
 
 

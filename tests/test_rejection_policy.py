@@ -90,3 +90,14 @@ def test_journal_replay_is_not_refused_by_a_tightened_policy(tmp_path: Path) -> 
     assert stricter.handle_update("n1", _update("n1", 2, 4.0)).ack.reason is (
         RejectReason.UNKNOWN_NODE
     )
+
+
+def test_throttled_log_without_a_clock_logs_every_line(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from fedbus.broker.log_throttle import ThrottledLog
+
+    throttled = ThrottledLog(logging.getLogger("fedbus.test.throttle"), window=10.0)
+    with caplog.at_level(logging.INFO, logger="fedbus.test.throttle"):
+        assert all(throttled.log("same", None, "line %d", i) for i in range(3))
+    assert [r.getMessage() for r in caplog.records] == ["line 0", "line 1", "line 2"]
